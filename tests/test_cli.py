@@ -1,0 +1,41 @@
+import subprocess
+import sys
+
+import pytest
+
+from rcic import cli
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("synth", "check", "prepare"):
+        assert f"  {name}" in out
+
+
+@pytest.mark.parametrize("command", [a.__name__.removeprefix("_add_") for a in cli.COMMANDS])
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    assert len(capsys.readouterr().out.split()) > 30  # explains itself, not just a usage line
+
+
+def test_check_passes_on_synthetic_and_reports_bad_input(tiny_screen, tmp_path, capsys):
+    assert cli.main(["check", str(tiny_screen)]) == 0
+    assert "[FAIL]" not in capsys.readouterr().out
+    assert cli.main(["check", str(tmp_path)]) == 2
+    assert "no metadata.csv" in capsys.readouterr().err
+
+
+def test_console_script_runs(tiny_screen):
+    out = subprocess.run(
+        [sys.executable, "-m", "rcic.cli", "check", str(tiny_screen), "--images", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "0 problem file(s)" in out.stdout

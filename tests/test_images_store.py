@@ -1,0 +1,140 @@
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from rcic import images, layout, store
+from rcic.images import ImageReadError, load_site
+
+from .conftest import SHARED
+
+
+def test_missing_channel_names_the_file(tiny_screen, tmp_path):
+    r = pd.read_csv(tiny_screen / "train.csv").iloc[0]
+    folder = tmp_path / "train" / r.experiment / f"Plate{r.plate}"
+    folder.mkdir(parents=True)
+    for c in (1, 2, 3, 4):  # like the real site whose w5 and w6 are missing
+        shutil.copy(
+            tiny_screen / "train" / r.experiment / f"Plate{r.plate}" / f"{r.well}_s1_w{c}.png",
+            folder,
+        )
+    assert (
+        load_site(tmp_path, "train", r.experiment, r.plate, r.well, 1, channels=(1, 2, 3, 4)).shape[
+            0
+        ]
+        == 4
+    )
+    with pytest.raises(ImageReadError, match=f"{r.well}_s1_w5.png: file is missing"):
+        load_site(tmp_path, "train", r.experiment, r.plate, r.well, 1)
+    (folder / f"{r.well}_s1_w5.png").write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match="cannot be decoded"):
+        images.read_png(folder / f"{r.well}_s1_w5.png")
+
+
+def test_real_incomplete_site():
+    root = SHARED / "images"
+    if not root.exists():
+        pytest.skip("../shared/rxrx1 is not present")
+    site = load_site(root, "train", "HUVEC-01", 1, "B02", 1)
+    assert site.shape == (6, 512, 512) and site.dtype == np.uint8
+    assert 1 < site.mean() < 45
+    with pytest.raises(ImageReadError, match="B02_s2_w5.png"):
+        load_site(root, "train", "HUVEC-01", 1, "B02", 2)
+
+
+def test_16bit_png_is_scaled(tmp_path):
+    plane = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(plane).save(tmp_path / "x.png")
+    got = images.read_png(tmp_path / "x.png")
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, (plane.astype(np.uint32) // 257).astype(np.uint8))
+
+
+def test_composite_colours():
+    site = np.zeros((6, 8, 8), np.uint8)
+    site[0] = 200  # nuclei only: blue
+    rgb = images.composite(site, ranges=np.tile([0, 200], (6, 1)))
+    assert rgb.shape == (8, 8, 3)
+    assert (
+        rgb[..., 2].mean() > 3 * rgb[..., 0].mean() and rgb[..., 2].mean() > 3 * rgb[..., 1].mean()
+    )
+
+
+def test_store_round_trip_equals_png(tiny_screen, tiny_sites, tiny_store):
+    st = store.SiteStore(tiny_store)
+    assert st.packed.all()
+    for i in range(0, len(st.index), 97):
+        r = st.index.iloc[i]
+        direct = load_site(tiny_screen, r.split, r.experiment, r.plate, r.well, r.site)
+        np.testing.assert_array_equal(st.read(i), direct)
+    # statistics agree with a direct computation on one plate
+    exp, plate = st.index.experiment.iloc[0], st.index.plate.iloc[0]
+    rows = st.index[(st.index.experiment == exp) & (st.index.plate == plate)]
+    pixels = st.read_many(rows.idx).astype(float)
+    stats = st.plate_stats("all")[(exp, plate)]
+    np.testing.assert_allclose(stats[:, 0], pixels.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(stats[:, 1], pixels.std(axis=(0, 2, 3)), rtol=1e-4)
+
+
+def test_resume_after_interrupted_prepare(
+    tiny_screen, tiny_sites, tiny_store, tmp_path, monkeypatch
+):
+    calls = {"n": 0}
+    real_batch = store._pack_batch
+
+    def dying_batch(job):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C mid-run
+        return real_batch(job)
+
+    monkeypatch.setattr(store, "_pack_batch", dying_batch)
+    with pytest.raises(KeyboardInterrupt):
+        store.pack(tiny_screen, tiny_sites, tmp_path / "st", workers=1)
+    with pytest.raises(store.StoreError, match="did not finish"):
+        store.SiteStore(tmp_path / "st")
+    monkeypatch.setattr(store, "_pack_batch", real_batch)
+    result = store.pack(tiny_screen, tiny_sites, tmp_path / "st", workers=1)
+    assert result.skipped == 2 * store._BATCH and result.failed == 0
+    assert result.packed + result.skipped == len(tiny_sites)
+    a, b = store.SiteStore(tmp_path / "st"), store.SiteStore(tiny_store)
+    np.testing.assert_array_equal(
+        a.read_many(range(len(a.index))), b.read_many(range(len(b.index)))
+    )
+    pd.testing.assert_frame_equal(a.stats, b.stats)
+
+
+def test_unreadable_site_is_listed_not_fatal(tiny_screen, tiny_sites, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_screen, data)
+    r = tiny_sites.iloc[10]
+    (
+        data / r.split / r.experiment / f"Plate{r.plate}" / layout.png_name(r.well, r.site, 6)
+    ).unlink()
+    result = store.pack(data, tiny_sites, tmp_path / "st", workers=2)
+    assert result.failed == 1
+    failed = pd.read_csv(tmp_path / "st" / "failed.csv")
+    assert failed.id_code.tolist() == [r.id_code] and "w6.png" in failed.reason.iloc[0]
+    assert store.SiteStore(tmp_path / "st").packed.sum() == len(tiny_sites) - 1
+    with pytest.raises(store.StoreError, match="--strict"):
+        store.pack(data, tiny_sites, tmp_path / "st2", workers=1, strict=True)
+
+
+def test_store_rejects_other_dataset(tiny_screen, tiny_sites, tiny_store):
+    with pytest.raises(store.StoreError, match="different store"):
+        store.pack(tiny_screen, tiny_sites.iloc[:20], tiny_store, workers=1)
+    st = store.SiteStore(tiny_store)
+    other = tiny_sites.iloc[:3].assign(id_code="X-01_1_B02")
+    with pytest.raises(store.StoreError, match="does not match"):
+        st.check_matches(other)
+
+
+def test_compressed_store_round_trip(tiny_screen, tiny_sites, tiny_store, tmp_path):
+    sub = tiny_sites.iloc[:40]
+    store.pack(tiny_screen, sub, tmp_path / "z", workers=1, compression="zstd", size=16)
+    z = store.SiteStore(tmp_path / "z")
+    assert z.read(0).shape == (6, 16, 16)
+    full = store.SiteStore(tiny_store).read(0).astype(float)
+    np.testing.assert_allclose(z.read(0), full.reshape(6, 16, 2, 16, 2).mean(axis=(2, 4)), atol=1)

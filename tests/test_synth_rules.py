@@ -1,0 +1,155 @@
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rcic import layout, metadata, rules, synth
+
+
+def _full_wells(screen):
+    """All wells with the hidden test labels joined back in (the generator's truth)."""
+    wells = metadata.wells_of(metadata.load_metadata(screen))
+    labels = pd.read_csv(screen / "test_labels.csv").set_index("id_code")["sirna"]
+    hidden = wells.sirna == layout.UNKNOWN
+    wells.loc[hidden, "sirna"] = wells.loc[hidden, "id_code"].map(labels)
+    return wells
+
+
+def test_tiny_screen_obeys_the_real_rules(tiny_screen):
+    wells = _full_wells(tiny_screen)
+    findings = rules.check_rules(wells)
+    assert all(f.ok for f in findings), [str(f) for f in findings]
+    assert wells.well.map(layout.is_usable_well).all()
+    neg = wells[wells.well_type == "negative_control"]
+    assert len(neg) > wells.groupby(["experiment", "plate"]).ngroups  # B02 plus a few more
+    assert not (pd.read_csv(tiny_screen / "test.csv").columns == "sirna").any()
+
+
+def test_groups_and_shifts_match_truth(tiny_screen):
+    truth = json.loads((tiny_screen / "synth.json").read_text())
+    wells = _full_wells(tiny_screen)
+    pg = rules.discover_groups(wells)
+    assert sorted(map(tuple, truth["groups"])) == sorted(tuple(g) for g in pg.groups)
+    train = rules.discover_groups(wells[wells.split == "train"])
+    train_shifts = {
+        s for e, s in truth["shifts"].items() if e in set(wells[wells.split == "train"].experiment)
+    }
+    test_shifts = {
+        s
+        for e, s in truth["shifts"].items()
+        if e not in set(wells[wells.split == "train"].experiment)
+    }
+    assert test_shifts - train_shifts, "some shift must occur only in test experiments"
+    assert train.cyclic and len({s for s in train.shifts.values()}) == len(train_shifts)
+
+
+@pytest.mark.parametrize("breakage", ["repeat", "non-cyclic", "mixed-groups"])
+def test_broken_layout_fails_the_checks(tiny_screen, breakage):
+    wells = _full_wells(tiny_screen)
+    treat = wells[wells.well_type == "treatment"]
+    if breakage == "repeat":  # an siRNA twice on one plate
+        i, j = treat.index[:2]
+        wells.loc[j, "sirna"] = wells.loc[i, "sirna"]
+        failing = "one well per siRNA per plate"
+    elif breakage == "non-cyclic":  # swap the groups of two plates of one experiment
+        exp = wells.experiment.iloc[0]
+        p1, p2 = (
+            (wells.experiment == exp) & (wells.plate == 1),
+            (wells.experiment == exp) & (wells.plate == 2),
+        )
+        wells.loc[p1, "plate"], wells.loc[p2, "plate"] = 2, 1
+        failing = "cyclic plate orders"
+    else:  # one plate draws from two groups: they merge into one
+        a = treat.index[0]
+        other = treat[
+            (treat.experiment == treat.experiment.iloc[0]) & (treat.plate != treat.plate.iloc[0])
+        ].sirna.iloc[0]
+        wells.loc[a, "sirna"] = other
+        failing = "disjoint siRNA groups"
+    by_rule = {f.rule: f for f in rules.check_rules(wells)}
+    assert not by_rule[failing].ok
+
+
+def test_same_seed_same_bytes(tmp_path):
+    def digest(root):
+        h = hashlib.sha256()
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+        return h.hexdigest()
+
+    small = synth.Preset(
+        "t",
+        group_size=2,
+        n_positive=1,
+        train_experiments=(1, 1, 1, 1),
+        test_experiments=(1, 0, 0, 0),
+        image_size=24,
+        cell_radius=5.0,
+        missing_wells=1,
+    )
+    a = synth.generate(tmp_path / "a", small, seed=7, workers=1)
+    b = synth.generate(tmp_path / "b", small, seed=7, workers=2)
+    c = synth.generate(tmp_path / "c", small, seed=8, workers=1)
+    assert digest(a) == digest(b)
+    assert digest(a) != digest(c)
+
+
+def test_images_are_dark_cells_with_phenotypes(tiny_screen, tiny_sites):
+    from rcic.images import load_site
+
+    treat = tiny_sites[tiny_sites.site == 1]
+    means = np.stack(
+        [
+            load_site(tiny_screen, r.split, r.experiment, r.plate, r.well, 1).mean(axis=(1, 2))
+            for r in treat.itertuples()
+        ]
+    )
+    assert 5 < means.mean() < 45  # dark, like RxRx1 (mean about 10-40 of 255)
+    # channels carry different structure: their spatial patterns are not copies of each other
+    r = treat.iloc[0]
+    site = (
+        load_site(tiny_screen, r.split, r.experiment, r.plate, r.well, 1)
+        .reshape(6, -1)
+        .astype(float)
+    )
+    corr = np.corrcoef(site)
+    assert corr[0, 2] < 0.9 and corr[0, 4] < 0.9
+
+
+def test_phenotypes_structure():
+    pheno, pathway = synth.sirna_phenotypes(synth.PRESETS["demo"], seed=0)
+    assert np.all(pheno[layout.NEGATIVE_ID] == 0)
+    pos = np.linalg.norm(pheno[layout.N_TREATMENTS : layout.NEGATIVE_ID], axis=1).mean()
+    treat = np.linalg.norm(pheno[: layout.N_TREATMENTS], axis=1).mean()
+    assert pos > 2 * treat
+    # siRNAs of the same pathway are more alike than siRNAs of different pathways
+    same = [
+        np.corrcoef(pheno[i], pheno[j])[0, 1]
+        for i in range(200)
+        for j in range(i + 1, 200)
+        if pathway[i] == pathway[j]
+    ]
+    diff = [
+        np.corrcoef(pheno[i], pheno[j])[0, 1]
+        for i in range(60)
+        for j in range(i + 1, 60)
+        if pathway[i] != pathway[j]
+    ]
+    assert np.mean(same) > np.mean(diff) + 0.3
+
+
+def test_layout_from_real_tables(tmp_path):
+    from .conftest import shared_or_skip
+
+    root = shared_or_skip() / "kaggle"
+    wells, truth = synth.layout_from(root, seed=0)
+    findings = rules.check_rules(wells)
+    assert all(f.ok for f in findings), [str(f) for f in findings]
+    real = metadata.wells_of(metadata.load_metadata(root))
+    assert len(wells) == len(real) and (wells.id_code.to_numpy() == real.id_code.to_numpy()).all()
+    test_exps = set(real[real.split == "test"].experiment)
+    train_shifts = {s for e, s in truth["shifts"].items() if e not in test_exps}
+    assert {s for e, s in truth["shifts"].items() if e in test_exps} - train_shifts
