@@ -175,7 +175,242 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-COMMANDS = [_add_synth, _add_check, _add_prepare]
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a 6-channel CNN validated on held-out experiments",
+        description="Train one model and leave a run folder (config.yaml, env.json, train.log, "
+        "metrics.jsonl, checkpoints/last.pt and best.pt). Validation holds out whole experiments "
+        "(fold FOLD of FOLDS, balanced across cell types). Settings come from --config and KEY=VALUE "
+        "overrides; `rcic train --list-keys` lists every key with its meaning. For several processes: "
+        "torchrun --nproc-per-node N -m rcic.cli train ...",
+    )
+    p.add_argument("--data", type=Path, help="dataset folder (metadata CSVs)")
+    p.add_argument("--store", type=Path, help="packed store of the same dataset (rcic prepare)")
+    p.add_argument("--config", type=Path, help="YAML config (see configs/)")
+    p.add_argument("--out", type=Path, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    p.add_argument("--list-keys", action="store_true", help="list the config keys and exit")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. epochs=5 backbone=densenet121",
+    )
+    _add_metadata_args(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from rcic import config
+
+    if args.list_keys:
+        for name, doc in config.describe_keys():
+            print(f"{name:18} {doc}")
+        return 0
+    missing = [f"--{k}" for k in ("data", "store", "out") if getattr(args, k) is None]
+    if missing:
+        raise ValueError(f"train needs {', '.join(missing)}")
+    cfg = config.load_config(args.config, args.overrides)
+    from rcic import metadata, train
+
+    sites = metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
+    row = train.train(cfg, sites, args.store, args.out, resume=args.resume)
+    if row.get("val"):
+        print(
+            f"{args.out}: held-out accuracy {row['val']['overall']:.3f} after epoch {row['epoch']}"
+        )
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="per-well logits with test-time augmentation",
+        description="Write per-well logits (.npz: id_code, logits[wells x 1139], metadata, temperature) "
+        "for a split: test, train, or a fold number (that fold's held-out experiments; then a "
+        "temperature is fitted on them and stored). Each well's logits are the mean over VIEWS of the 8 "
+        "flips/rotations and over both sites.",
+    )
+    p.add_argument("--run", type=Path, required=True, help="run folder")
+    p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--split", default="test", help="test, train or a fold number")
+    p.add_argument("--out", type=Path, required=True, help="logits file to write (.npz)")
+    p.add_argument(
+        "--views",
+        type=int,
+        default=8,
+        choices=range(1, 9),
+        metavar="1..8",
+        help="dihedral TTA views (default 8)",
+    )
+    p.add_argument(
+        "--combine",
+        choices=["mean", "logprob"],
+        default="mean",
+        help="average logits (default) or log-probabilities",
+    )
+    p.add_argument(
+        "--temperature", type=float, help="store this temperature (e.g. the one fitted on a fold)"
+    )
+    p.add_argument(
+        "--temperature-from", type=Path, help="copy the temperature stored in this logits file"
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_metadata_args(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from rcic import metadata, predict
+    from rcic.logitsfile import read_logits
+
+    temperature = args.temperature
+    if args.temperature_from:
+        temperature = float(read_logits(args.temperature_from).get("temperature", 1.0))
+    sites = metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
+    path = predict.predict_run(
+        args.run,
+        sites,
+        args.store,
+        args.split,
+        args.out,
+        checkpoint=args.checkpoint,
+        views=args.views,
+        combine=args.combine,
+        batch_size=args.batch_size,
+        device=args.device,
+        temperature=temperature,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_submit(sub) -> None:
+    from rcic.plates import GROUP_METHODS, WELL_METHODS
+
+    p = sub.add_parser(
+        "submit",
+        help="ensemble logits, plate groups, assignment -> submission.csv",
+        description="Combine logits files, choose each test experiment's plate groups (discovered from the "
+        "training metadata; every cyclic shift is a candidate, also shifts never seen in training), "
+        "give each well one siRNA of its plate's group, check and write submission.csv and stages.json. "
+        "With --labels, print accuracy after each stage.",
+    )
+    p.add_argument("--logits", type=Path, nargs="+", required=True, help="logits files (.npz)")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per logits file")
+    p.add_argument(
+        "--mode",
+        choices=["logprob", "logits"],
+        default="logprob",
+        help="average log-probabilities or logits",
+    )
+    p.add_argument(
+        "--metadata", type=Path, required=True, help="dataset folder with train.csv, test.csv, ..."
+    )
+    p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="id_code,sirna of test wells (a synthetic screen's test_labels.csv) to score",
+    )
+    p.add_argument(
+        "--stages", default="ensemble,groups,assign", help="comma-separated stages to run"
+    )
+    p.add_argument("--temperature", type=float, help="override the files' temperatures")
+    p.add_argument("--group-method", choices=GROUP_METHODS, default="loglik")
+    p.add_argument("--well-method", choices=WELL_METHODS, default="sinkhorn")
+    p.add_argument(
+        "--pseudo-out",
+        type=Path,
+        help="also write the most confident assigned wells as pseudo-labels",
+    )
+    p.add_argument(
+        "--pseudo-top",
+        type=float,
+        default=0.5,
+        help="fraction of each plate to keep as pseudo-labels",
+    )
+    _add_metadata_args(p)
+    p.set_defaults(func=cmd_submit)
+
+
+def cmd_submit(args) -> int:
+    from rcic import submit
+    from rcic.metrics import format_table
+
+    stages = tuple(s.strip() for s in args.stages.split(","))
+    unknown = set(stages) - set(submit.STAGES)
+    if unknown:
+        raise ValueError(f"--stages: unknown stage(s) {sorted(unknown)}; expected {submit.STAGES}")
+    res = submit.run_submit(
+        args.logits,
+        args.metadata,
+        args.out,
+        weights=args.weights,
+        mode=args.mode,
+        labels=args.labels,
+        stages=stages,
+        temperature=args.temperature,
+        group_method=args.group_method,
+        well_method=args.well_method,
+        pseudo_out=args.pseudo_out,
+        pseudo_top=args.pseudo_top,
+        label_map=args.label_map,
+        reference=args.reference,
+    )
+    print(f"wrote {args.out} ({len(res.submission)} wells)")
+    for exp, choice in res.post.choices.items():
+        print(
+            f"  {exp}: groups {[choice.plate_group[p] for p in sorted(choice.plate_group)]}, margin {choice.margin:.2f}"
+        )
+    if res.scores:
+        rows = {s: {"overall": t["overall"], **t["cell_type"]} for s, t in res.scores.items()}
+        print(
+            format_table(rows, ["overall", *sorted(next(iter(res.scores.values()))["cell_type"])])
+        )
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy of a submission against labels",
+        description="Accuracy of a submission (id_code,sirna) against labels (id_code,sirna): overall, per "
+        "cell type, per experiment and per plate. Writes JSON with --out.",
+    )
+    p.add_argument("--submission", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="write the table as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from rcic import submit
+
+    table = submit.evaluate(args.submission, args.labels)
+    print(f"overall {table['overall']:.4f} on {table['n']} wells")
+    for key in ("cell_type", "experiment", "plate"):
+        print(f"by {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in table[key].items()))
+    if args.out:
+        args.out.write_text(json.dumps(table, indent=1))
+    return 0
+
+
+COMMANDS = [
+    _add_synth,
+    _add_check,
+    _add_prepare,
+    _add_train,
+    _add_predict,
+    _add_submit,
+    _add_evaluate,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,12 +435,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from rcic.metadata import MetadataError
+    from rcic.images import ImageReadError
     from rcic.store import StoreError
+    from rcic.train import TrainingError
 
     try:
         return args.func(args)
-    except (MetadataError, StoreError, ValueError, FileNotFoundError) as e:
+    except (ValueError, StoreError, TrainingError, ImageReadError, FileNotFoundError) as e:
         print(f"rcic {args.command}: error: {e}", file=sys.stderr)
         return 2
 

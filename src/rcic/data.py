@@ -1,0 +1,241 @@
+"""Training data: samples from the store, folds by experiment, normalisation and augmentation.
+
+The Dataset returns raw uint8 sites with their plate statistics; normalisation and augmentation run
+batched on the training device (:class:`BatchTransform`), which is cheap on a GPU and keeps
+DataLoader workers light on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from rcic import layout
+from rcic.store import SiteStore
+
+log = logging.getLogger(__name__)
+
+CELL_TYPE_IDS = {ct: i for i, ct in enumerate(layout.CELL_TYPES)}
+N_CELL_TYPES = len(layout.CELL_TYPES) + 1  # the last id is any other cell type
+
+
+def cell_type_id(cell_type: str) -> int:
+    return CELL_TYPE_IDS.get(cell_type, N_CELL_TYPES - 1)
+
+
+def make_folds(wells: pd.DataFrame, n_folds: int, seed: int = 0) -> dict[str, int]:
+    """Assign each training experiment to a fold, dealing each cell type's experiments round-robin.
+
+    Every fold holds out whole experiments, and each cell type is spread over the folds as evenly
+    as its number of experiments allows.
+    """
+    rng = np.random.default_rng(seed)
+    exps = wells.loc[wells["split"] == "train", ["experiment", "cell_type"]].drop_duplicates()
+    fold_of: dict[str, int] = {}
+    start = 0
+    for _, group in exps.groupby("cell_type", sort=True):
+        names = rng.permutation(sorted(group["experiment"]))
+        for k, name in enumerate(names):
+            fold_of[str(name)] = (start + k) % n_folds
+        start += len(names)  # the next cell type starts where this one stopped, keeping folds even
+    return fold_of
+
+
+def plate_norm_stats(store: SiteStore, source: str, rows: pd.DataFrame) -> np.ndarray:
+    """Per-sample (mean, std) of each channel, shape (N, 6, 2), for `rows` of the store index.
+
+    Args:
+        source: ``plate`` (all wells of the plate), ``plate_neg`` (its negative controls; plates
+            without any fall back to all wells), ``global`` (pooled over the given rows' plates) or
+            ``image`` (zeros: computed from each image on the device).
+    """
+    if source == "image":
+        return np.zeros((len(rows), 6, 2), np.float32)
+    stats = store.plate_stats("all")
+    if source == "plate_neg":
+        neg = store.plate_stats("neg")
+        stats = {k: (neg[k] if np.isfinite(neg[k]).all() else v) for k, v in stats.items()}
+    keys = list(zip(rows["experiment"], rows["plate"].astype(int), strict=True))
+    per_row = np.stack([stats[k] for k in keys]).astype(np.float32)
+    if source == "global":
+        mean = per_row[:, :, 0].mean(0)
+        second = (per_row[:, :, 1] ** 2 + per_row[:, :, 0] ** 2).mean(0)
+        pooled = np.stack([mean, np.sqrt(np.maximum(second - mean**2, 1e-6))], 1)
+        return np.broadcast_to(pooled, per_row.shape).copy()
+    return per_row
+
+
+class SiteDataset(torch.utils.data.Dataset):
+    """Sites of the store with labels; items are dicts of tensors.
+
+    Args:
+        store: the packed store.
+        rows: rows of ``store.index`` (with its ``idx`` column) to serve.
+        labels: class id of each row (-1 where unknown).
+        stats: (N, 6, 2) normalisation statistics of each row.
+        cache: read all rows into memory now (fast epochs when they fit).
+    """
+
+    def __init__(
+        self,
+        store: SiteStore,
+        rows: pd.DataFrame,
+        labels: np.ndarray,
+        stats: np.ndarray,
+        cache: bool = False,
+    ):
+        self.store = store
+        self.rows = rows.reset_index(drop=True)
+        self.idx = self.rows["idx"].to_numpy()
+        self.labels = np.asarray(labels, np.int64)
+        self.stats = np.asarray(stats, np.float32)
+        self.cell_types = np.array([cell_type_id(c) for c in self.rows["cell_type"]], np.int64)
+        self.images = store.read_many(self.idx) if cache else None
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> dict:
+        image = self.images[i] if self.images is not None else self.store.read(self.idx[i])
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)),
+            "stats": torch.from_numpy(self.stats[i]),
+            "label": torch.tensor(self.labels[i]),
+            "cell_type": torch.tensor(self.cell_types[i]),
+            "row": torch.tensor(i),
+        }
+
+
+def cache_fits(store: SiteStore, n_rows: int, cache_mb: int) -> bool:
+    return n_rows * 6 * store.size**2 / 2**20 <= cache_mb
+
+
+# --- batched transforms on the device -------------------------------------------------------
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 flips/rotations (k in 0..7) of a (B, C, H, W) batch."""
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+class BatchTransform:
+    """Normalise, then (in training) augment a batch of uint8 sites on its device.
+
+    Args:
+        out_size: side of the model's input.
+        flips: random flips and 90-degree rotations.
+        zoom: random crop side as a fraction of the image, (low, high); resized to out_size.
+        intensity_jitter: std of per-channel random scale (log) and shift, in normalised units.
+    """
+
+    def __init__(
+        self, out_size: int, flips: bool = True, zoom=(1.0, 1.0), intensity_jitter: float = 0.0
+    ):
+        self.out_size = out_size
+        self.flips = flips
+        self.zoom = tuple(zoom)
+        self.jitter = intensity_jitter
+
+    @staticmethod
+    def normalise(images: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """(B, 6, H, W) uint8 -> float; stats (B, 6, 2) of mean/std, all zero for per-image."""
+        x = images.float()
+        mean, std = stats[..., 0, None, None], stats[..., 1, None, None]
+        per_image = (stats == 0).all(dim=(1, 2))
+        if per_image.any():
+            m = x[per_image].mean(dim=(-2, -1), keepdim=True)
+            s = x[per_image].std(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+            mean, std = mean.expand(-1, -1, 1, 1).clone(), std.expand(-1, -1, 1, 1).clone()
+            mean[per_image], std[per_image] = m, s
+        return (x - mean) / std.clamp_min(1e-3)
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        stats: torch.Tensor,
+        train: bool,
+        generator: torch.Generator | None = None,
+    ):
+        x = self.normalise(images, stats)
+        if not train:
+            return self._resize(x)
+        b = x.shape[0]
+        if self.zoom != (1.0, 1.0) or x.shape[-1] != self.out_size:
+            x = self._random_crop(x, generator)
+        if self.flips:
+            ks = torch.randint(0, 8, (b,), generator=generator)
+            x = torch.stack([dihedral(x[i : i + 1], int(k))[0] for i, k in enumerate(ks)])
+        if self.jitter > 0:
+            scale = torch.exp(torch.randn(b, x.shape[1], 1, 1, generator=generator) * self.jitter)
+            shift = torch.randn(b, x.shape[1], 1, 1, generator=generator) * self.jitter
+            x = x * scale.to(x.device) + shift.to(x.device)
+        return x
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.out_size:
+            return x
+        return F.interpolate(
+            x,
+            size=(self.out_size, self.out_size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
+
+    def _random_crop(self, x: torch.Tensor, generator) -> torch.Tensor:
+        b = x.shape[0]
+        lo, hi = self.zoom
+        side = lo + (hi - lo) * torch.rand(b, generator=generator)  # fraction of the image
+        centre = (torch.rand(b, 2, generator=generator) * 2 - 1) * (1 - side[:, None])
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0], theta[:, 1, 1] = side, side
+        theta[:, :, 2] = centre
+        grid = F.affine_grid(
+            theta.to(x.device), [b, x.shape[1], self.out_size, self.out_size], align_corners=False
+        )
+        return F.grid_sample(
+            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
+
+
+def mix_batch(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    mixup: float,
+    cutmix: float,
+    generator: torch.Generator | None = None,
+):
+    """Mixup or cutmix a batch. Returns (x, labels_a, labels_b, lam): loss = lam*L(a) + (1-lam)*L(b)."""
+    modes = [m for m, a in (("mixup", mixup), ("cutmix", cutmix)) if a > 0]
+    if not modes:
+        return x, labels, labels, 1.0
+    mode = modes[int(torch.randint(len(modes), (1,), generator=generator))]
+    alpha = mixup if mode == "mixup" else cutmix
+    lam = _beta(alpha, generator)
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    if mode == "mixup":
+        return lam * x + (1 - lam) * x[perm], labels, labels[perm], lam
+    h, w = x.shape[-2:]
+    cut = math.sqrt(1 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy = int(torch.randint(0, h, (1,), generator=generator))
+    cx = int(torch.randint(0, w, (1,), generator=generator))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    x = x.clone()
+    x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually pasted
+    return x, labels, labels[perm], lam
+
+
+def _beta(alpha: float, generator: torch.Generator | None) -> float:
+    """A Beta(alpha, alpha) draw that follows the seeded torch generator."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))

@@ -1,0 +1,217 @@
+"""Plate-aware post-processing: which siRNA group each plate holds, and one siRNA per well.
+
+numpy and scipy only. Every test plate holds one group of siRNAs, each at most once; an
+experiment's plates take the groups in one of the orders the training plates allow
+(:meth:`rcic.rules.PlateGroups.candidate_orders`). Given per-well log-probabilities:
+
+group choice (per experiment, over the candidate orders), by one of
+  ``vote``     each plate on its own: the group most argmaxes fall in (the bronze-medal way);
+  ``counts``   the order with most argmaxes inside its plates' groups (the winning solution's way);
+  ``probsum``  the order maximising the summed per-well probability mass inside each plate's group;
+  ``loglik``   the order maximising sum over wells of log P(well's siRNA is in its plate's group);
+  ``joint``    the order maximising the likelihood of the best one-per-plate assignment;
+well decision (per plate, within its group), by one of
+  ``argmax``   each well its most likely siRNA of the group;
+  ``assign``   the maximum-likelihood one-to-one assignment (Hungarian, rectangular if wells are
+               missing) -- the winning solution's way;
+  ``sinkhorn`` per-well argmax of the marginals under the one-per-plate constraint, approximated
+               by Sinkhorn balancing of calibrated probabilities: it maximises expected accuracy;
+  ``sinkhorn_assign``  the one-to-one assignment maximising the summed Sinkhorn marginals.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.special import log_softmax, logsumexp
+
+from rcic import layout
+from rcic.rules import PlateGroups
+
+log = logging.getLogger(__name__)
+
+GROUP_METHODS = ("vote", "counts", "probsum", "loglik", "joint")
+WELL_METHODS = ("argmax", "assign", "sinkhorn", "sinkhorn_assign")
+
+
+def treatment_log_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Log-softmax over the 1,108 treatment columns of logits / temperature: (N, 1108)."""
+    return log_softmax(logits[:, : layout.N_TREATMENTS].astype(np.float64) / temperature, axis=1)
+
+
+def group_log_probs(lp: np.ndarray, pg: PlateGroups) -> np.ndarray:
+    """log P(well's siRNA is in group g): (N, G)."""
+    return np.stack([logsumexp(lp[:, g], axis=1) for g in pg.groups], axis=1)
+
+
+@dataclass
+class GroupChoice:
+    """The group chosen for each plate of one experiment."""
+
+    experiment: str
+    plate_group: dict[int, int]  # plate -> group index
+    margin: float  # best score minus the runner-up's (in the method's units)
+    scores: dict[tuple[int, ...], float] = field(default_factory=dict)
+
+
+def choose_groups(
+    lp: np.ndarray,
+    experiments: np.ndarray,
+    plates: np.ndarray,
+    pg: PlateGroups,
+    method: str = "loglik",
+) -> dict[str, GroupChoice]:
+    """Choose each experiment's plate groups from per-well treatment log-probabilities."""
+    if method not in GROUP_METHODS:
+        raise ValueError(f"group method {method!r}: expected one of {GROUP_METHODS}")
+    glp = group_log_probs(lp, pg)
+    top = group_index(pg)[lp.argmax(1)]
+    out = {}
+    for exp in np.unique(experiments):
+        sel = experiments == exp
+        plate_scores = {}
+        for p in np.unique(plates[sel]):
+            on = sel & (plates == p)
+            plate_scores[int(p)] = _plate_scores(lp[on], glp[on], top[on], pg, method)
+        if method == "vote":
+            choice = {p: int(np.argmax(s)) for p, s in plate_scores.items()}
+            margins = [np.sort(s)[-1] - np.sort(s)[-2] for s in plate_scores.values()]
+            out[str(exp)] = GroupChoice(str(exp), choice, float(min(margins)))
+            continue
+        out[str(exp)] = _best_order(str(exp), plate_scores, pg)
+    return out
+
+
+def _plate_scores(
+    lp: np.ndarray, glp: np.ndarray, top: np.ndarray, pg: PlateGroups, method: str
+) -> np.ndarray:
+    """Score of each group for one plate's wells: (G,). `top` is the group of each well's argmax."""
+    if method in ("vote", "counts"):
+        return np.bincount(top[top >= 0], minlength=pg.n_groups).astype(float)
+    if method == "probsum":
+        return np.exp(glp).sum(0)
+    if method == "loglik":
+        return glp.sum(0)
+    return np.array([_assignment_loglik(lp[:, g]) for g in pg.groups])
+
+
+def group_index(pg: PlateGroups) -> np.ndarray:
+    """Group of every treatment id (-1 for siRNAs in no group)."""
+    of = np.full(layout.N_TREATMENTS, -1)
+    for k, g in enumerate(pg.groups):
+        of[g] = k
+    return of
+
+
+def _assignment_loglik(lp_group: np.ndarray) -> float:
+    rows, cols = linear_sum_assignment(lp_group, maximize=True)
+    return float(lp_group[rows, cols].sum())
+
+
+def _best_order(exp: str, plate_scores: dict[int, np.ndarray], pg: PlateGroups) -> GroupChoice:
+    scores = {}
+    for order in pg.candidate_orders():
+        scores[order] = float(
+            sum(s[order[p - 1]] for p, s in plate_scores.items() if p - 1 < len(order))
+        )
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    best = ranked[0][0]
+    margin = ranked[0][1] - ranked[1][1] if len(ranked) > 1 else float("inf")
+    return GroupChoice(exp, {p: best[p - 1] for p in plate_scores}, float(margin), scores)
+
+
+# --- well decisions -------------------------------------------------------------------------
+
+
+def sinkhorn(lp: np.ndarray, iterations: int = 100, tol: float = 1e-6) -> np.ndarray:
+    """Balance exp(lp) (wells x siRNAs) so each well sums to 1 and each siRNA to wells/siRNAs.
+
+    The result approximates each well's marginal probability of each siRNA when every siRNA is
+    used at most once on the plate. Returns log-marginals.
+    """
+    n, m = lp.shape
+    col_target = np.log(min(1.0, n / m))
+    x = lp.copy()
+    for _ in range(iterations):
+        x -= logsumexp(x, axis=1, keepdims=True)
+        x -= logsumexp(x, axis=0, keepdims=True) - col_target
+        if np.abs(logsumexp(x, axis=1)).max() < tol:
+            break
+    return x - logsumexp(x, axis=1, keepdims=True)
+
+
+def decide_plate(lp_group: np.ndarray, method: str = "assign") -> np.ndarray:
+    """Column (index into the group) chosen for each well of one plate."""
+    if method not in WELL_METHODS:
+        raise ValueError(f"well method {method!r}: expected one of {WELL_METHODS}")
+    n, m = lp_group.shape
+    if method == "argmax":
+        return lp_group.argmax(1)
+    score = sinkhorn(lp_group) if method.startswith("sinkhorn") else lp_group
+    if method == "sinkhorn":
+        return score.argmax(1)
+    if n > m:  # more wells than siRNAs: no one-to-one answer exists; documented fallback
+        log.warning(
+            "plate has %d wells but its group only %d siRNAs: surplus wells take their argmax", n, m
+        )
+        choice = score.argmax(1)
+        rows, cols = linear_sum_assignment(score, maximize=True)
+        choice[rows] = cols
+        return choice
+    rows, cols = linear_sum_assignment(
+        np.exp(score) if method == "sinkhorn_assign" else score, maximize=True
+    )
+    choice = np.empty(n, dtype=np.int64)
+    choice[rows] = cols
+    return choice
+
+
+@dataclass
+class PostResult:
+    """Predictions after each stage and the group choices made."""
+
+    stages: dict[str, np.ndarray]  # stage name -> siRNA per well
+    choices: dict[str, GroupChoice]
+    confidence: np.ndarray  # per-well probability of the final answer (Sinkhorn marginal)
+
+
+def postprocess(
+    lp: np.ndarray,
+    experiments: np.ndarray,
+    plates: np.ndarray,
+    pg: PlateGroups,
+    group_method: str = "loglik",
+    well_method: str = "sinkhorn",
+    stages=("groups", "assign"),
+) -> PostResult:
+    """Run the plate stages on per-well treatment log-probabilities (N, 1108).
+
+    Returns the prediction after ``ensemble`` (plain argmax), ``groups`` (argmax within each
+    plate's chosen group) and ``assign`` (the well decision), as far as `stages` go.
+    """
+    out = {"ensemble": lp.argmax(1)}
+    confidence = np.exp(lp.max(1))
+    choices: dict[str, GroupChoice] = {}
+    if "groups" not in stages:
+        return PostResult(out, choices, confidence)
+    choices = choose_groups(lp, experiments, plates, pg, group_method)
+    masked = out["ensemble"].copy()
+    final = masked.copy()
+    for exp, choice in choices.items():
+        for plate, g in choice.plate_group.items():
+            sel = np.flatnonzero((experiments == exp) & (plates == plate))
+            members = pg.groups[g]
+            sub = lp[np.ix_(sel, members)]
+            masked[sel] = members[sub.argmax(1)]
+            if "assign" in stages:
+                final[sel] = members[decide_plate(sub, well_method)]
+                confidence[sel] = np.exp(
+                    sinkhorn(sub)[np.arange(len(sel)), np.searchsorted(members, final[sel])]
+                )
+    out["groups"] = masked
+    if "assign" in stages:
+        out["assign"] = final
+    return PostResult(out, choices, confidence)

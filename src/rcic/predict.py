@@ -1,0 +1,207 @@
+"""Prediction: per-well logits with test-time augmentation over the 8 flips/rotations and both sites."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+from torch.utils.data import DataLoader
+
+from rcic import layout
+from rcic.config import TrainConfig
+from rcic.data import BatchTransform, SiteDataset, cache_fits, make_folds, plate_norm_stats
+from rcic.inference import infer
+from rcic.logitsfile import write_logits
+from rcic.metadata import wells_of
+from rcic.models import RcicModel, build_model
+from rcic.store import SiteStore
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(
+    run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"
+) -> tuple[RcicModel, TrainConfig]:
+    """The model and config of a run's checkpoint (`best`, `last` or a path)."""
+    path = (
+        Path(checkpoint)
+        if checkpoint not in ("best", "last")
+        else Path(run) / "checkpoints" / f"{checkpoint}.pt"
+    )
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    values = dict(state["config"])
+    values.update(weights=None, pretrained=None)  # the checkpoint holds the weights
+    cfg = TrainConfig(**values)
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg
+
+
+def split_wells(sites: pd.DataFrame, split: str, cfg: TrainConfig) -> pd.DataFrame:
+    """Sites to predict: ``test``, ``train`` or a fold number (its held-out experiments), treatments only."""
+    treat = sites[sites["well_type"] == "treatment"]
+    if split in ("test", "train"):
+        return treat[treat["split"] == split]
+    try:
+        fold = int(split)
+    except ValueError:
+        raise ValueError(f"split {split!r}: expected test, train or a fold number") from None
+    fold_of = make_folds(wells_of(sites), cfg.folds, cfg.seed)
+    exps = [e for e, f in fold_of.items() if f == fold]
+    if not exps:
+        raise ValueError(
+            f"split {split}: fold {fold} holds no experiments (the run has {cfg.folds} folds)"
+        )
+    return treat[treat["experiment"].isin(exps)]
+
+
+def predict_logits(
+    model: RcicModel,
+    cfg: TrainConfig,
+    sites: pd.DataFrame,
+    st: SiteStore,
+    *,
+    views: int = 8,
+    combine: str = "mean",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    embeddings: bool = False,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Per-well logits: mean over `views` dihedral views and the well's sites.
+
+    Args:
+        combine: ``mean`` of logits, or ``logprob``: mean of log-softmax outputs.
+    """
+    if combine not in ("mean", "logprob"):
+        raise ValueError(f"combine {combine!r}: expected mean or logprob")
+    device = torch.device(device)
+    st.check_matches(sites)
+    rows = st.index.drop(columns=["sirna", "well_type"]).merge(
+        sites[["id_code", "site", "sirna", "well_type"]], on=["id_code", "site"]
+    )
+    rows = rows[st.packed[rows["idx"].to_numpy()]].reset_index(drop=True)
+    stats = plate_norm_stats(st, cfg.normalisation, rows)
+    dataset = SiteDataset(
+        st, rows, rows["sirna"].to_numpy(), stats, cache=cache_fits(st, len(rows), cfg.cache_mb)
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    transform = BatchTransform(cfg.image_size or st.size)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    res = infer(
+        model,
+        loader,
+        transform,
+        device,
+        views=range(views),
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
+        progress=progress,
+        embeddings=embeddings,
+    )
+    per_site = res["logits"] if combine == "mean" else log_softmax(res["logits"], axis=1)
+    frame = rows.iloc[res["rows"]].reset_index(drop=True)
+    return _per_well(frame, per_site, res.get("embedding"))
+
+
+def _per_well(
+    frame: pd.DataFrame, per_site: np.ndarray, embedding: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    codes, inverse = np.unique(frame["id_code"].to_numpy(), return_inverse=True)
+    counts = np.bincount(inverse).astype(np.float32)[:, None]
+    logits = np.zeros((len(codes), per_site.shape[1]), np.float32)
+    np.add.at(logits, inverse, per_site)
+    first = frame.groupby(inverse).head(1).sort_values("id_code")
+    out = {
+        "id_code": codes,
+        "logits": logits / counts,
+        "experiment": first["experiment"].to_numpy(str),
+        "plate": first["plate"].to_numpy(np.int64),
+        "well": first["well"].to_numpy(str),
+        "cell_type": first["cell_type"].to_numpy(str),
+        "sirna": first["sirna"].to_numpy(np.int64),
+        "n_sites": counts[:, 0].astype(np.int64),
+    }
+    if embedding is not None:
+        emb = np.zeros((len(codes), embedding.shape[1]), np.float32)
+        np.add.at(emb, inverse, embedding)
+        out["embedding"] = emb / counts
+    return out
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising the held-out negative log-likelihood over the treatment classes."""
+    known = labels >= 0
+    if not known.any():
+        raise ValueError("cannot fit a temperature: no labelled wells")
+    z = logits[known, : layout.N_TREATMENTS].astype(np.float64)
+    y = labels[known]
+
+    def nll(log_t: float) -> float:
+        return -log_softmax(z / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean()
+
+    res = minimize_scalar(nll, bounds=(np.log(0.01), np.log(100.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def predict_run(
+    run: str | Path,
+    sites: pd.DataFrame,
+    store: str | Path,
+    split: str,
+    out: str | Path,
+    *,
+    checkpoint: str = "best",
+    views: int = 8,
+    combine: str = "mean",
+    batch_size: int = 64,
+    device: str = "auto",
+    temperature: float | None = None,
+    progress: bool = True,
+) -> Path:
+    """Predict one split of a dataset with a run's checkpoint and write a logits file.
+
+    On a fold split (held-out experiments with labels) the temperature is fitted and stored;
+    otherwise `temperature` (for example from a fold's file) is stored if given.
+    """
+    device = (
+        "cuda"
+        if device == "auto" and torch.cuda.is_available()
+        else ("cpu" if device == "auto" else device)
+    )
+    model, cfg = load_checkpoint(run, checkpoint, device)
+    chosen = split_wells(sites, split, cfg)
+    st = SiteStore(store)
+    res = predict_logits(
+        model,
+        cfg,
+        chosen,
+        st,
+        views=views,
+        combine=combine,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    if split not in ("test", "train") and temperature is None:
+        temperature = fit_temperature(res["logits"], res["sirna"])
+        log.info("fitted temperature %.3f on %d held-out wells", temperature, len(res["id_code"]))
+    return write_logits(
+        out,
+        res.pop("id_code"),
+        res.pop("logits"),
+        temperature=temperature,
+        source=str(run),
+        checkpoint=checkpoint,
+        views=views,
+        **res,
+    )

@@ -1,0 +1,271 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rcic import config, data, layout, metadata, models, train
+from rcic.config import ConfigError
+from rcic.store import StoreError
+
+FAST = [
+    "epochs=2",
+    "batch_size=32",
+    "embedding_dim=64",
+    "lr=0.003",
+    "warmup_epochs=0.2",
+    "folds=4",
+    "fold=0",
+]
+
+
+def _cfg(*extra):
+    return config.load_config(None, FAST + list(extra))
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_reduces_loss_and_leaves_a_run_folder(tiny_sites, tiny_store, tmp_path):
+    row = train.train(_cfg("epochs=4"), tiny_sites, tiny_store, tmp_path / "run", progress=False)
+    m = _metrics(tmp_path / "run")
+    assert [r["epoch"] for r in m] == [1, 2, 3, 4]
+    assert m[-1]["loss"] < 0.8 * m[0]["loss"]
+    for name in (
+        "config.yaml",
+        "env.json",
+        "train.log",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
+        assert (tmp_path / "run" / name).exists(), name
+    assert config.load_config(tmp_path / "run" / "config.yaml") == _cfg("epochs=4")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "config"} <= set(ckpt)
+    assert ckpt["epoch"] == 4
+    assert set(row["val"]["cell_type"]) <= set(layout.CELL_TYPES)
+    assert "held-out accuracy" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_resume_equals_uninterrupted(tiny_sites, tiny_store, tmp_path):
+    cfg = _cfg("deterministic=true", "epochs=3", "mixup=0.4")
+    train.train(cfg, tiny_sites, tiny_store, tmp_path / "full", progress=False)
+    train.train(cfg, tiny_sites, tiny_store, tmp_path / "cut", progress=False, stop_after_epoch=1)
+    assert _metrics(tmp_path / "cut")[-1]["epoch"] == 1
+    train.train(cfg, tiny_sites, tiny_store, tmp_path / "cut", resume=True, progress=False)
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["loss"] for r in _metrics(tmp_path / "full")] == [
+        r["loss"] for r in _metrics(tmp_path / "cut")
+    ]
+
+
+def test_folds_hold_out_whole_experiments(tiny_sites, tiny_store):
+    from rcic.store import SiteStore
+
+    wells = metadata.wells_of(tiny_sites)
+    fold_of = data.make_folds(wells, 4, seed=0)
+    assert set(fold_of) == set(wells.loc[wells.split == "train", "experiment"])
+    for fold in range(4):
+        s = train.select_samples(tiny_sites, SiteStore(tiny_store), _cfg(f"fold={fold}"))
+        assert not set(s.train_rows.experiment) & set(s.val_rows.experiment)
+        assert set(s.val_rows.experiment) == {e for e, f in fold_of.items() if f == fold}
+    # balanced across cell types: each fold holds out at most one more experiment of a cell type than another
+    counts = (
+        wells[wells.split == "train"]
+        .drop_duplicates("experiment")
+        .assign(fold=lambda t: t.experiment.map(fold_of))
+    )
+    per = counts.groupby(["cell_type", "fold"]).size().unstack(fill_value=0)
+    assert (per.max(axis=1) - per.min(axis=1) <= 1).all()
+
+
+def test_controls_and_pseudo_labels_are_training_data(tiny_sites, tiny_store, tmp_path):
+    from rcic.store import SiteStore
+
+    st = SiteStore(tiny_store)
+    with_ctrl = train.select_samples(tiny_sites, st, _cfg())
+    test_ctrl = with_ctrl.train_rows[(with_ctrl.train_rows.split == "test")]
+    assert len(test_ctrl) and (test_ctrl.well_type != "treatment").all()
+    assert (with_ctrl.train_labels >= layout.N_TREATMENTS).any()
+    without = train.select_samples(tiny_sites, st, _cfg("use_controls=false"))
+    assert (without.train_labels < layout.N_TREATMENTS).all()
+    test_treat = tiny_sites[
+        (tiny_sites.split == "test") & (tiny_sites.well_type == "treatment")
+    ].drop_duplicates("id_code")
+    pseudo = test_treat[["id_code"]].iloc[:5].assign(sirna=7)
+    pseudo.to_csv(tmp_path / "p.csv", index=False)
+    got = train.select_samples(tiny_sites, st, _cfg(), pseudo)
+    added = got.train_rows.id_code.isin(pseudo.id_code)
+    assert added.sum() == 10 and (got.train_labels[added.to_numpy()] == 7).all()
+
+
+@pytest.mark.parametrize("head", ["softmax", "arcface", "both"])
+def test_heads_and_mixing_give_valid_losses(head):
+    cfg = _cfg(f"head={head}", "backbone=resnet10t")
+    model = models.build_model(cfg)
+    x = torch.randn(6, 6, 32, 32)
+    labels = torch.tensor([0, 5, 1108, 1138, 3, 3])
+    gen = torch.Generator().manual_seed(0)
+    for mixup, cutmix in [(0, 0), (0.4, 0), (0, 1.0)]:
+        xm, ya, yb, lam = data.mix_batch(x, labels, mixup, cutmix, gen)
+        assert 0 <= lam <= 1
+        loss = models.compute_loss(model(xm, torch.zeros(6, dtype=torch.long)), ya, yb, lam, cfg)
+        assert torch.isfinite(loss) and loss > 0
+        loss.backward()
+    # the margin makes the ArcFace loss larger than plain scaled-cosine cross-entropy on the true class
+    cos = torch.rand(4, 10) * 2 - 1
+    y = torch.tensor([1, 2, 3, 4])
+    plain = torch.nn.functional.cross_entropy(cos * 30, y)
+    assert models.arcface_loss(cos, y, 30.0, 0.3) > plain
+
+
+def test_cutmix_pastes_a_box():
+    x = torch.zeros(4, 6, 16, 16)
+    x[1] = 1.0
+    labels = torch.arange(4)
+    out, ya, yb, lam = data.mix_batch(x, labels, 0.0, 1.0, torch.Generator().manual_seed(3))
+    changed = (out != x).any(dim=1)  # (B, H, W)
+    assert 0 < lam < 1 or changed.sum() == 0
+    for i in range(4):
+        frac = 1 - changed[i].float().mean().item()
+        if yb[i] != ya[i] and x[yb[i]].ne(x[i]).any():
+            assert abs(frac - lam) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (["backbon=resnet18"], ConfigError, "unknown config key"),
+        (["backbone=resnet81"], ConfigError, "timm has no such model"),
+        (["backbone=densenet121", "image_size=16"], ConfigError, "cannot take a 6x16x16 input"),
+        (["image_size=512"], ConfigError, "larger than the store"),
+        (["head=cosface"], ConfigError, "head="),
+    ],
+)
+def test_bad_input_fails_before_training(
+    tiny_sites, tiny_store, tmp_path, overrides, error, message
+):
+    with pytest.raises(error, match=message):
+        train.train(
+            config.load_config(None, FAST + overrides),
+            tiny_sites,
+            tiny_store,
+            tmp_path / "run",
+            progress=False,
+        )
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_store_that_does_not_match_fails_before_training(tiny_sites, tiny_store, tmp_path):
+    other = tiny_sites.copy()
+    other.loc[other.index[:4], "id_code"] = "HEPG2-99_1_B02"
+    with pytest.raises(StoreError, match="does not match the metadata"):
+        train.train(_cfg(), other, tiny_store, tmp_path / "run", progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(
+    tiny_sites, tiny_store, tmp_path, monkeypatch
+):
+    real = models.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        loss = real(*args)
+        return loss * float("nan") if calls["n"] > 20 else loss
+
+    monkeypatch.setattr(train, "compute_loss", poisoned)
+    with pytest.raises(train.TrainingError, match="NaN") as err:
+        train.train(_cfg("epochs=4"), tiny_sites, tiny_store, tmp_path / "run", progress=False)
+    assert "last good checkpoint" in str(err.value)
+    good = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert good["epoch"] >= 1
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_local_weights_file_with_rgb_stem(tmp_path):
+    import timm
+
+    rgb = timm.create_model("resnet10t", num_classes=10)
+    torch.save(rgb.state_dict(), tmp_path / "rgb.pth")
+    model = models.build_model(_cfg("backbone=resnet10t", f"weights={tmp_path / 'rgb.pth'}"))
+    stem = model.backbone.state_dict()["conv1.0.weight"]
+    assert stem.shape[1] == 6
+    # the 6-channel stem is the RGB stem repeated and rescaled (timm's adapt_input_conv)
+    torch.testing.assert_close(stem[:, :3] * 2, rgb.state_dict()["conv1.0.weight"])
+    torch.testing.assert_close(
+        model.backbone.state_dict()["layer1.0.conv1.weight"],
+        rgb.state_dict()["layer1.0.conv1.weight"],
+    )
+    with pytest.raises(ConfigError, match="cannot load weights"):
+        (tmp_path / "junk.pth").write_bytes(b"junk")
+        models.build_model(_cfg(f"weights={tmp_path / 'junk.pth'}"))
+
+
+def _torchrun(args, tmp_path, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path, check=False
+    )
+
+
+def test_ddp_gradient_matches_single_process(tiny_screen, tiny_store, tmp_path):
+    from . import ddp_worker
+
+    single, rows = ddp_worker.first_batch_gradient(tiny_screen, tiny_store, train.Dist())
+    res = _torchrun(
+        [str(Path(ddp_worker.__file__)), str(tiny_screen), str(tiny_store), str(tmp_path / "g.pt")],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    dist = torch.load(tmp_path / "g.pt", weights_only=False)
+    assert dist["world"] == 2
+    assert sorted(map(tuple, dist["rows"])) == sorted(map(tuple, rows))  # the same global batch
+    for name, g in single.items():
+        torch.testing.assert_close(dist["grads"][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_torchrun_train_only_rank0_writes(tiny_screen, tiny_store, tmp_path):
+    res = _torchrun(
+        [
+            "-m",
+            "rcic.cli",
+            "train",
+            "--data",
+            str(tiny_screen),
+            "--store",
+            str(tiny_store),
+            "--out",
+            str(tmp_path / "run"),
+            "epochs=1",
+            "batch_size=32",
+            "embedding_dim=32",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert env["world_size"] == 2
+    assert len(_metrics(tmp_path / "run")) == 1
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "best.pt",
+        "last.pt",
+    ]
+    np.testing.assert_equal(len(list((tmp_path / "run").glob("*.tmp"))), 0)
