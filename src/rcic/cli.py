@@ -21,6 +21,9 @@ The steps, in order (each writes a folder or file you can inspect):
   predict   per-well logits with test-time augmentation over views and both sites
   submit    ensemble logits, choose plate groups, assign one siRNA per well, write submission.csv
   evaluate  accuracy of a submission overall, per cell type, experiment and plate
+  embed     the model's embedding of every well (for batch correction and heads on embeddings)
+  embed-head  batch-correct embeddings, fit a head on out-of-fold wells, write logits for submit
+  profiles  per-siRNA profiles and their similarity matrix
   demo      the whole chain on a generated screen, in minutes on a laptop CPU
   report    an HTML report with images, curves, stage scores and plate maps
 
@@ -402,6 +405,170 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the whole chain on a generated screen, in minutes on a CPU",
+        description="Generate the `demo` synthetic screen, pack it, train two models (each holding out "
+        "a different fold of experiments) and the bronze-medal way for comparison, predict the test "
+        "experiments with 8-view TTA over both sites, post-process by plate, score every stage against "
+        "the screen's hidden labels and write report.html. Same seed, same numbers. Run it again in the "
+        "same folder and finished steps are reused.",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("demo-run"), help="output folder (default demo-run)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="3 epochs per model (about 2-3 minutes, for CI)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from rcic import demo
+
+    table = demo.run_demo(args.out, quick=args.quick, seed=args.seed, workers=args.workers)
+    print(f"\nrcic demo finished in {table['minutes']:.1f} min. Outputs in {args.out}/:")
+    print(
+        "  submission.csv, stages.json, report.html, runs/ (model-0, model-1, bronze), data/, store/"
+    )
+    print("\nAccuracy on the test experiments after each stage:")
+    print(demo.format_demo_table(table))
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="an HTML report of a run or demo folder",
+        description="Write one self-contained HTML file (images embedded; opens without a network): "
+        "example images per cell type, training curves, accuracy after each stage per cell type and "
+        "experiment, test plate maps, confused siRNA pairs, and the configuration and versions.",
+    )
+    p.add_argument("root", type=Path, help="run folder or demo folder")
+    p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from rcic.report import build_report
+
+    print(f"wrote {build_report(args.root, args.out)}")
+    return 0
+
+
+def _add_embed(sub) -> None:
+    p = sub.add_parser(
+        "embed",
+        help="the model's embedding of every well (treatments and controls)",
+        description="Write the neck embedding of every well of a split (test, train or a fold number: "
+        "that fold's held-out experiments), averaged over the TTA views and both sites, with the "
+        "model's logits, per-well metadata and `oof` (the well was not one of the model's training "
+        "samples). Embed the run's own fold to get out-of-fold embeddings for training heads.",
+    )
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--split", default="test", help="test, train or a fold number")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--views", type=int, default=8, choices=range(1, 9), metavar="1..8")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_metadata_args(p)
+    p.set_defaults(func=cmd_embed)
+
+
+def cmd_embed(args) -> int:
+    from rcic import metadata, predict
+
+    sites = metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
+    path = predict.embed_run(
+        args.run,
+        sites,
+        args.store,
+        args.split,
+        args.out,
+        checkpoint=args.checkpoint,
+        views=args.views,
+        device=args.device,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_embed_head(sub) -> None:
+    from rcic.embed import CORRECTIONS, HEADS
+
+    p = sub.add_parser(
+        "embed-head",
+        help="batch-correct embeddings and classify them; write logits for `rcic submit`",
+        description="Fit a head (cosine nearest centroid per cell type, or logistic regression) on "
+        "out-of-fold embeddings of labelled wells (--train, from `rcic embed --split FOLD`), after batch "
+        "correction fitted per plate or experiment on control wells, and write logits for the wells of "
+        "--apply (same model) in the logits-file format. Prints the head's leave-one-experiment-out "
+        "accuracy on the training embeddings.",
+    )
+    p.add_argument(
+        "--train", type=Path, required=True, help="embeddings of labelled, held-out wells"
+    )
+    p.add_argument(
+        "--apply", type=Path, required=True, help="embeddings to classify (e.g. the test split)"
+    )
+    p.add_argument("--correction", default="tvn", help=f"comma-separated steps from {CORRECTIONS}")
+    p.add_argument("--level", choices=["plate", "experiment"], default="plate")
+    p.add_argument("--head", choices=HEADS, default="centroid")
+    p.add_argument("--out", type=Path, required=True, help="logits file to write")
+    p.set_defaults(func=cmd_embed_head)
+
+
+def cmd_embed_head(args) -> int:
+    from rcic import embed_pipeline
+
+    res = embed_pipeline.fit_apply(
+        args.train, args.apply, args.out, args.correction.split(","), args.level, args.head
+    )
+    print(
+        f"wrote {args.out}; leave-one-experiment-out accuracy on the training embeddings: {res['cv_accuracy']:.3f}"
+    )
+    return 0
+
+
+def _add_profiles(sub) -> None:
+    p = sub.add_parser(
+        "profiles",
+        help="per-siRNA profiles and their similarity matrix",
+        description="Aggregate batch-corrected embeddings of labelled treatment wells into one profile "
+        "per siRNA (mean over experiments) and write profiles and their cosine similarity matrix (.npz). "
+        "With a synthetic screen's synth.json, report how often an siRNA's most similar siRNAs share "
+        "its pathway.",
+    )
+    p.add_argument(
+        "--embeddings", type=Path, nargs="+", required=True, help="embedding files of one model"
+    )
+    p.add_argument("--correction", default="tvn")
+    p.add_argument("--level", choices=["plate", "experiment"], default="plate")
+    p.add_argument("--truth", type=Path, help="synth.json of a synthetic screen (pathways)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_profiles)
+
+
+def cmd_profiles(args) -> int:
+    from rcic import embed_pipeline
+
+    res = embed_pipeline.write_profiles(
+        args.embeddings, args.out, args.correction.split(","), args.level, args.truth, args.top_k
+    )
+    print(f"wrote {args.out}: {res['n_sirna']} siRNA profiles")
+    if "pathway_recall" in res:
+        print(
+            f"same-pathway share among the top {args.top_k} most similar: {res['pathway_recall']:.3f} (chance {res['chance']:.3f})"
+        )
+    return 0
+
+
 COMMANDS = [
     _add_synth,
     _add_check,
@@ -410,6 +577,11 @@ COMMANDS = [
     _add_predict,
     _add_submit,
     _add_evaluate,
+    _add_embed,
+    _add_embed_head,
+    _add_profiles,
+    _add_demo,
+    _add_report,
 ]
 
 

@@ -105,6 +105,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.zoom = tuple(self.zoom)
+        self.sites = str(self.sites)  # YAML reads `sites: 1` as a number
         checks = [
             (self.head in HEADS, "head", f"one of {HEADS}"),
             (self.normalisation in NORMALISATIONS, "normalisation", f"one of {NORMALISATIONS}"),

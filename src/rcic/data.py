@@ -146,16 +146,15 @@ class BatchTransform:
     @staticmethod
     def normalise(images: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """(B, 6, H, W) uint8 -> float; stats (B, 6, 2) of mean/std, all zero for per-image."""
+        mean, std = stats[..., 0, None, None].clone(), stats[..., 1, None, None].clone()
         x = images.float()
-        mean, std = stats[..., 0, None, None], stats[..., 1, None, None]
         per_image = (stats == 0).all(dim=(1, 2))
         if per_image.any():
-            m = x[per_image].mean(dim=(-2, -1), keepdim=True)
-            s = x[per_image].std(dim=(-2, -1), keepdim=True).clamp_min(1.0)
-            mean, std = mean.expand(-1, -1, 1, 1).clone(), std.expand(-1, -1, 1, 1).clone()
-            mean[per_image], std[per_image] = m, s
-        return (x - mean) / std.clamp_min(1e-3)
+            mean[per_image] = x[per_image].mean(dim=(-2, -1), keepdim=True)
+            std[per_image] = x[per_image].std(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+        return x.sub_(mean).div_(std.clamp_min(1e-3))
 
+    @torch.no_grad()
     def __call__(
         self,
         images: torch.Tensor,
@@ -171,11 +170,15 @@ class BatchTransform:
             x = self._random_crop(x, generator)
         if self.flips:
             ks = torch.randint(0, 8, (b,), generator=generator)
-            x = torch.stack([dihedral(x[i : i + 1], int(k))[0] for i, k in enumerate(ks)])
+            out = torch.empty_like(x)
+            for k in ks.unique().tolist():  # one batched op per view, not one per sample
+                sel = (ks == k).nonzero().squeeze(1).to(x.device)
+                out[sel] = dihedral(x[sel], k)
+            x = out
         if self.jitter > 0:
             scale = torch.exp(torch.randn(b, x.shape[1], 1, 1, generator=generator) * self.jitter)
             shift = torch.randn(b, x.shape[1], 1, 1, generator=generator) * self.jitter
-            x = x * scale.to(x.device) + shift.to(x.device)
+            x = x.mul_(scale.to(x.device)).add_(shift.to(x.device))
         return x
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,18 +193,18 @@ class BatchTransform:
         )
 
     def _random_crop(self, x: torch.Tensor, generator) -> torch.Tensor:
-        b = x.shape[0]
+        """A random square crop per sample, its side drawn once per batch from `zoom`, resized to out_size."""
+        size = x.shape[-1]
         lo, hi = self.zoom
-        side = lo + (hi - lo) * torch.rand(b, generator=generator)  # fraction of the image
-        centre = (torch.rand(b, 2, generator=generator) * 2 - 1) * (1 - side[:, None])
-        theta = torch.zeros(b, 2, 3)
-        theta[:, 0, 0], theta[:, 1, 1] = side, side
-        theta[:, :, 2] = centre
-        grid = F.affine_grid(
-            theta.to(x.device), [b, x.shape[1], self.out_size, self.out_size], align_corners=False
+        side = max(1, round(size * (lo + (hi - lo) * float(torch.rand(1, generator=generator)))))
+        offsets = torch.randint(0, size - side + 1, (x.shape[0], 2), generator=generator).tolist()
+        crops = torch.stack(
+            [x[i, :, oy : oy + side, ox : ox + side] for i, (oy, ox) in enumerate(offsets)]
         )
-        return F.grid_sample(
-            x, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        if side == self.out_size:
+            return crops
+        return F.interpolate(
+            crops, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False
         )
 
 

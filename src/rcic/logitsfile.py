@@ -23,7 +23,7 @@ import numpy as np
 
 from rcic import layout
 
-PER_WELL = ("experiment", "plate", "well", "cell_type", "sirna")
+PER_WELL = ("experiment", "plate", "well", "cell_type", "sirna", "well_type", "oof", "embedding")
 
 
 class LogitsError(ValueError):
@@ -38,7 +38,10 @@ def write_logits(path: str | Path, id_code, logits: np.ndarray, **extra) -> Path
         "id_code": np.asarray(id_code, dtype=str),
         "logits": np.asarray(logits, dtype=np.float32),
     }
-    arrays.update({k: np.asarray(v) for k, v in extra.items() if v is not None})
+    for k, v in extra.items():
+        if v is not None:
+            v = np.asarray(v)
+            arrays[k] = v.astype(str) if v.dtype == object else v  # readable without pickle
     _check(arrays, path)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)

@@ -45,8 +45,13 @@ def load_checkpoint(
 
 
 def split_wells(sites: pd.DataFrame, split: str, cfg: TrainConfig) -> pd.DataFrame:
-    """Sites to predict: ``test``, ``train`` or a fold number (its held-out experiments), treatments only."""
+    """Sites to predict: ``test``, ``train`` or a fold number (its held-out experiments), treatments only.
+
+    Both sites of each well, unless the run trained on site 1 alone.
+    """
     treat = sites[sites["well_type"] == "treatment"]
+    if cfg.sites == "1":  # a model trained on one site predicts from that site
+        treat = treat[treat["site"] == 1]
     if split in ("test", "train"):
         return treat[treat["split"] == split]
     try:
@@ -201,6 +206,77 @@ def predict_run(
         res.pop("logits"),
         temperature=temperature,
         source=str(run),
+        checkpoint=checkpoint,
+        views=views,
+        **res,
+    )
+
+
+def embed_run(
+    run: str | Path,
+    sites: pd.DataFrame,
+    store: str | Path,
+    split: str,
+    out: str | Path,
+    *,
+    checkpoint: str = "best",
+    views: int = 8,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
+    """Embed every well (treatments and controls) of a split with a run's model; write an .npz.
+
+    ``oof`` marks the wells that were not training samples of this model (their embeddings can
+    train a head honestly): the held-out fold's experiments, and unlabelled test treatments.
+    """
+    from rcic.train import select_samples  # same layer; only needed here
+
+    device = (
+        "cuda"
+        if device == "auto" and torch.cuda.is_available()
+        else ("cpu" if device == "auto" else device)
+    )
+    model, cfg = load_checkpoint(run, checkpoint, device)
+    st = SiteStore(store)
+    if split in ("test", "train"):
+        chosen = sites[sites["split"] == split]
+    else:
+        exps = split_wells(sites, split, cfg)["experiment"].unique()
+        chosen = sites[sites["experiment"].isin(exps)]
+    if cfg.sites == "1":
+        chosen = chosen[chosen["site"] == 1]
+    pseudo = (
+        pd.read_csv(cfg.pseudo_labels)
+        if cfg.pseudo_labels and Path(cfg.pseudo_labels).exists()
+        else None
+    )
+    seen = set(select_samples(sites, st, cfg, pseudo).train_rows["id_code"])
+    res = predict_logits(
+        model,
+        cfg,
+        chosen,
+        st,
+        views=views,
+        batch_size=batch_size,
+        device=device,
+        embeddings=True,
+        progress=progress,
+    )
+    wt = (
+        chosen.drop_duplicates("id_code")
+        .set_index("id_code")
+        .loc[res["id_code"], "well_type"]
+        .to_numpy(str)
+    )
+    oof = ~np.isin(res["id_code"], list(seen))
+    return write_logits(
+        out,
+        res.pop("id_code"),
+        res.pop("logits"),
+        well_type=wt,
+        oof=oof,
+        source=str(Path(run).resolve()),
         checkpoint=checkpoint,
         views=views,
         **res,

@@ -303,7 +303,13 @@ def train(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             save_config(cfg, out / "config.yaml")
-            (out / "env.json").write_text(json.dumps(environment(ctx), indent=1))
+            env = {
+                **environment(ctx),
+                "store": str(Path(store_path).resolve()),
+                "n_train_samples": len(samples.train_rows),
+                "held_out_experiments": samples.val_experiments,
+            }
+            (out / "env.json").write_text(json.dumps(env, indent=1))
             (out / "metrics.jsonl").write_text("")
     with run_log(out, ctx.main):
         return _fit(cfg, ctx, st, samples, model, size, out, resume, progress, stop_after_epoch)

@@ -1,0 +1,117 @@
+"""The command line chain on the tiny screen: train -> predict (fold, test) -> submit -> evaluate."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rcic import cli
+from rcic.logitsfile import read_logits
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_screen, tiny_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "run"
+    args = [
+        "train",
+        "--data",
+        str(tiny_screen),
+        "--store",
+        str(tiny_store),
+        "--out",
+        str(run),
+        "epochs=8",
+        "batch_size=32",
+        "embedding_dim=64",
+        "lr=0.003",
+        "deterministic=true",
+        "warmup_epochs=0.5",
+    ]
+    assert cli.main(args) == 0
+    return run
+
+
+def test_predict_fold_fits_temperature_and_test_has_all_wells(trained, tiny_screen, tiny_store):
+    common = ["--run", str(trained), "--data", str(tiny_screen), "--store", str(tiny_store)]
+    assert cli.main(["predict", *common, "--split", "0", "--out", str(trained / "val.npz")]) == 0
+    val = read_logits(trained / "val.npz")
+    assert 0.05 < float(val["temperature"]) < 20
+    assert (val["sirna"] >= 0).all() and val["logits"].shape[1] == 1139
+    assert (val["n_sites"] == 2).all()
+    assert (
+        cli.main(
+            [
+                "predict",
+                *common,
+                "--split",
+                "test",
+                "--out",
+                str(trained / "test.npz"),
+                "--temperature-from",
+                str(trained / "val.npz"),
+            ]
+        )
+        == 0
+    )
+    test = read_logits(trained / "test.npz")
+    assert sorted(test["id_code"]) == sorted(pd.read_csv(tiny_screen / "test.csv").id_code)
+    assert float(test["temperature"]) == pytest.approx(float(val["temperature"]))
+
+
+def test_tta_views_change_and_average_logits(trained, tiny_screen, tiny_store, tmp_path):
+    common = [
+        "--run",
+        str(trained),
+        "--data",
+        str(tiny_screen),
+        "--store",
+        str(tiny_store),
+        "--split",
+        "test",
+    ]
+    cli.main(["predict", *common, "--views", "1", "--out", str(tmp_path / "v1.npz")])
+    cli.main(["predict", *common, "--views", "2", "--out", str(tmp_path / "v2.npz")])
+    one, two = (
+        read_logits(tmp_path / "v1.npz")["logits"],
+        read_logits(tmp_path / "v2.npz")["logits"],
+    )
+    assert not np.allclose(one, two)
+
+
+def test_stage_scores_rise_for_a_trained_model(trained, tiny_screen, tiny_store, tmp_path, capsys):
+    test_npz = trained / "test.npz"
+    if not test_npz.exists():
+        common = ["--run", str(trained), "--data", str(tiny_screen), "--store", str(tiny_store)]
+        cli.main(["predict", *common, "--split", "test", "--out", str(test_npz)])
+    sub = tmp_path / "submission.csv"
+    assert (
+        cli.main(
+            [
+                "submit",
+                "--logits",
+                str(test_npz),
+                "--metadata",
+                str(tiny_screen),
+                "--out",
+                str(sub),
+                "--labels",
+                str(tiny_screen / "test_labels.csv"),
+            ]
+        )
+        == 0
+    )
+    stages = json.loads((tmp_path / "stages.json").read_text())["stages"]
+    acc = {k: v["overall"] for k, v in stages.items()}
+    assert acc["ensemble"] > 1.5 / 16  # well above chance among the 16 treatments
+    assert acc["ensemble"] <= acc["groups"] <= acc["assign"]
+    assert acc["assign"] > acc["ensemble"]
+    out = capsys.readouterr().out
+    assert "ensemble" in out and "assign" in out
+    assert (
+        cli.main(
+            ["evaluate", "--submission", str(sub), "--labels", str(tiny_screen / "test_labels.csv")]
+        )
+        == 0
+    )
+    assert f"overall {acc['assign']:.4f}" in capsys.readouterr().out

@@ -1,0 +1,213 @@
+import itertools
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rcic import layout, metadata, plates, rules, submit
+from rcic.logitsfile import LogitsError, read_logits, write_logits
+
+from .conftest import shared_or_skip
+
+
+def _truth(screen):
+    wells = metadata.wells_of(metadata.load_metadata(screen))
+    test = submit._test_wells(screen, wells)
+    labels = (
+        pd.read_csv(screen / "test_labels.csv")
+        .set_index("id_code")
+        .loc[test.id_code, "sirna"]
+        .to_numpy()
+    )
+    return wells, test, labels
+
+
+def _simulated_logits(labels, signal, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (len(labels), layout.N_CLASSES)).astype(np.float32)
+    logits[np.arange(len(labels)), labels] += signal
+    return logits
+
+
+def test_group_choice_finds_truth_including_unseen_shift(tiny_screen):
+    wells, test, labels = _truth(tiny_screen)
+    truth = json.loads((tiny_screen / "synth.json").read_text())
+    pg = rules.discover_groups(wells)
+    train_shifts = {s for e, s in pg.shifts.items()}
+    lp = plates.treatment_log_probs(_simulated_logits(labels, 3.0))
+    of = plates.group_index(pg)
+    for method in ("counts", "probsum", "loglik", "joint"):
+        choices = plates.choose_groups(
+            lp, test.experiment.to_numpy(), test.plate.to_numpy(), pg, method
+        )
+        for exp, choice in choices.items():
+            sel = (test.experiment == exp).to_numpy()
+            for plate, g in choice.plate_group.items():
+                on = sel & (test.plate == plate).to_numpy()
+                assert set(of[labels[on]]) == {g}, (method, exp, plate)
+    unseen = [
+        e for e, s in truth["shifts"].items() if e in set(test.experiment) and s not in train_shifts
+    ]
+    assert unseen, "the tiny screen has a test experiment with a shift never seen in training"
+
+
+def test_assignment_is_distinct_and_optimal_by_brute_force():
+    rng = np.random.default_rng(0)
+    for n, m in [(4, 4), (3, 5), (5, 6), (6, 6)]:
+        for _ in range(5):
+            lp = np.log(rng.dirichlet(np.ones(m), size=n))
+            choice = plates.decide_plate(lp, "assign")
+            assert len(set(choice)) == n
+            best = max(
+                sum(lp[i, p[i]] for i in range(n)) for p in itertools.permutations(range(m), n)
+            )
+            assert lp[np.arange(n), choice].sum() == pytest.approx(best)
+            sa = plates.decide_plate(lp, "sinkhorn_assign")
+            assert len(set(sa)) == n
+
+
+def test_sinkhorn_balances_rows_and_columns():
+    rng = np.random.default_rng(1)
+    lp = np.log(rng.dirichlet(np.ones(7), size=5))
+    marg = np.exp(plates.sinkhorn(lp, iterations=500))
+    np.testing.assert_allclose(marg.sum(1), 1, atol=1e-6)
+    np.testing.assert_allclose(marg.sum(0), 5 / 7, atol=1e-4)
+
+
+def test_more_wells_than_siRNAs_falls_back_with_warning(caplog):
+    lp = np.log(np.random.default_rng(2).dirichlet(np.ones(3), size=5))
+    with caplog.at_level(logging.WARNING):
+        choice = plates.decide_plate(lp, "assign")
+    assert "surplus wells" in caplog.text
+    assert len(choice) == 5 and len(set(choice)) == 3
+
+
+def _write_test_logits(path, test, logits, **kw):
+    return write_logits(path, test.id_code.to_numpy(), logits, **kw)
+
+
+def test_submission_and_stage_scores(tiny_screen, tmp_path):
+    wells, test, labels = _truth(tiny_screen)
+    _write_test_logits(tmp_path / "a.npz", test, _simulated_logits(labels, 1.5, seed=1))
+    _write_test_logits(tmp_path / "b.npz", test, _simulated_logits(labels, 1.5, seed=2))
+    res = submit.run_submit(
+        [tmp_path / "a.npz", tmp_path / "b.npz"],
+        tiny_screen,
+        tmp_path / "sub.csv",
+        labels=tiny_screen / "test_labels.csv",
+        well_method="assign",
+    )
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert sub.id_code.tolist() == pd.read_csv(tiny_screen / "test.csv").id_code.tolist()
+    assert (
+        sub.groupby(sub.id_code.str.rsplit("_", n=1).str[0])
+        .sirna.apply(lambda s: s.is_unique)
+        .all()
+    )
+    s = {k: v["overall"] for k, v in res.scores.items()}
+    assert s["ensemble"] < s["groups"] <= s["assign"]
+    report = json.loads((tmp_path / "stages.json").read_text())
+    assert set(report["stages"]) == {"ensemble", "groups", "assign"}
+    single = submit.run_submit(
+        [tmp_path / "a.npz"],
+        tiny_screen,
+        tmp_path / "one.csv",
+        labels=tiny_screen / "test_labels.csv",
+        stages=("ensemble",),
+    )
+    assert (
+        single.scores["ensemble"]["overall"] < s["ensemble"] + 0.2
+    )  # the ensemble of two is not worse by much
+    assert set(single.scores) == {"ensemble"}
+    table = submit.evaluate(tmp_path / "sub.csv", tiny_screen / "test_labels.csv")
+    assert table["overall"] == pytest.approx(s["assign"])
+    assert set(table["plate"]) == {
+        f"{e}_{p}"
+        for e, p in test[["experiment", "plate"]].drop_duplicates().itertuples(index=False)
+    }
+
+
+def test_pseudo_labels_respect_one_per_plate(tiny_screen, tmp_path):
+    _, test, labels = _truth(tiny_screen)
+    _write_test_logits(tmp_path / "a.npz", test, _simulated_logits(labels, 2.0))
+    submit.run_submit(
+        [tmp_path / "a.npz"],
+        tiny_screen,
+        tmp_path / "sub.csv",
+        pseudo_out=tmp_path / "p.csv",
+        pseudo_top=0.5,
+    )
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert 0.3 * len(test) <= len(p) <= 0.7 * len(p.index.union(test.index))
+    plate = p.id_code.str.rsplit("_", n=1).str[0]
+    assert not p.assign(plate=plate).duplicated(["plate", "sirna"]).any()
+
+
+@pytest.mark.parametrize("fault", ["nan", "classes", "missing", "extra", "duplicate"])
+def test_bad_logits_are_rejected(tiny_screen, tmp_path, fault):
+    _, test, labels = _truth(tiny_screen)
+    ids, logits = test.id_code.to_numpy(), _simulated_logits(labels, 2.0)
+    if fault == "nan":
+        logits[3, 5] = np.nan
+    elif fault == "classes":
+        logits = logits[:, :500]
+    elif fault == "missing":
+        ids, logits = ids[1:], logits[1:]
+    elif fault == "extra":
+        ids = np.append(ids, "HEPG2-99_1_B03")
+        logits = np.vstack([logits, logits[:1]])
+    else:
+        ids = ids.copy()
+        ids[1] = ids[0]
+    path = tmp_path / "bad.npz"
+    np.savez(path, id_code=ids, logits=logits)  # written by "another tool", not by rcic
+    with pytest.raises((LogitsError, submit.SubmissionError)) as err:
+        submit.run_submit([path], tiny_screen, tmp_path / "sub.csv")
+    assert "bad.npz" in str(err.value)
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_ensemble_rejects_files_with_other_wells(tiny_screen, tmp_path):
+    _, test, labels = _truth(tiny_screen)
+    _write_test_logits(tmp_path / "a.npz", test, _simulated_logits(labels, 2.0))
+    write_logits(
+        tmp_path / "b.npz", test.id_code.to_numpy()[2:], _simulated_logits(labels, 2.0)[2:]
+    )
+    with pytest.raises(submit.SubmissionError, match="covers other wells"):
+        submit.combine_logits([tmp_path / "a.npz", tmp_path / "b.npz"])
+
+
+def test_validator_rejects_wrong_order_and_values(tiny_screen):
+    sub = pd.read_csv(tiny_screen / "sample_submission.csv")
+    submit.validate_submission(sub, tiny_screen)
+    with pytest.raises(submit.SubmissionError, match="differ"):
+        submit.validate_submission(sub.iloc[::-1].reset_index(drop=True), tiny_screen)
+    with pytest.raises(submit.SubmissionError, match="integers"):
+        submit.validate_submission(sub.assign(sirna=layout.N_TREATMENTS), tiny_screen)
+
+
+def test_real_tables_submission_in_seconds(tmp_path):
+    root = shared_or_skip() / "kaggle"
+    test = pd.read_csv(root / "test.csv")
+    logits = np.random.default_rng(0).normal(0, 1, (len(test), layout.N_CLASSES)).astype(np.float32)
+    write_logits(tmp_path / "real.npz", test.id_code.to_numpy(), logits)
+    res = submit.run_submit([tmp_path / "real.npz"], root, tmp_path / "sub.csv")
+    assert len(res.submission) == 19897
+    assert json.loads((tmp_path / "stages.json").read_text())["seconds"] < 60
+    assert len(res.post.choices) == 18
+
+
+def test_logits_roundtrip(tmp_path):
+    ids = np.array(["A-01_1_B03", "A-01_1_B04"])
+    write_logits(
+        tmp_path / "x.npz",
+        ids,
+        np.zeros((2, layout.N_CLASSES)),
+        temperature=2.0,
+        sirna=np.array([1, -1]),
+    )
+    f = read_logits(tmp_path / "x.npz")
+    assert f["id_code"].tolist() == ids.tolist() and float(f["temperature"]) == 2.0
+    assert not list(tmp_path.glob("*.tmp*"))
