@@ -21,6 +21,7 @@ The steps, in order (each writes a folder or file you can inspect):
   predict   per-well logits with test-time augmentation over views and both sites
   submit    ensemble logits, choose plate groups, assign one siRNA per well, write submission.csv
   evaluate  accuracy of a submission overall, per cell type, experiment and plate
+  pseudo    progressive pseudo-labelling rounds (plate-consistent labels for test wells)
   embed     the model's embedding of every well (for batch correction and heads on embeddings)
   embed-head  batch-correct embeddings, fit a head on out-of-fold wells, write logits for submit
   profiles  per-siRNA profiles and their similarity matrix
@@ -569,6 +570,30 @@ def cmd_profiles(args) -> int:
     return 0
 
 
+def _add_pseudo(sub) -> None:
+    p = sub.add_parser("pseudo", help="progressive pseudo-labelling rounds from a trained run",
+                       description="Each round: predict the test experiments, post-process by plate, keep the most "
+                       "confident FRACTION of every plate's assigned wells (never one siRNA twice on a plate) as labels, "
+                       "and fine-tune from the current weights with them. Fractions grow round by round.")
+    p.add_argument("--run", type=Path, required=True, help="trained run to start from")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for the rounds")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.6, 0.9])
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs per round (default: the run's)")
+    p.add_argument("--labels", type=Path, help="hidden test labels, to report pseudo-label accuracy")
+    p.set_defaults(func=cmd_pseudo)
+
+
+def cmd_pseudo(args) -> int:
+    from rcic import metadata, pseudo
+
+    sites = metadata.load_metadata(args.data)
+    for r in pseudo.pseudo_rounds(args.run, sites, args.data, args.store, args.out, args.fractions, args.epochs, args.labels):
+        print(r)
+    return 0
+
+
 COMMANDS = [
     _add_synth,
     _add_check,
@@ -577,6 +602,7 @@ COMMANDS = [
     _add_predict,
     _add_submit,
     _add_evaluate,
+    _add_pseudo,
     _add_embed,
     _add_embed_head,
     _add_profiles,

@@ -35,7 +35,7 @@ def load_checkpoint(
     )
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     values = dict(state["config"])
     values.update(weights=None, pretrained=None)  # the checkpoint holds the weights
     cfg = TrainConfig(**values)

@@ -239,20 +239,20 @@ def group_report(
 
 
 def write_pseudo_labels(path, test: pd.DataFrame, post: PostResult, top: float) -> pd.DataFrame:
-    """The most confident `top` fraction of each test plate's assigned wells, as id_code,sirna.
+    """The most confident `top` fraction of each test plate's decided wells, as id_code,sirna,confidence.
 
-    Taken from the one-per-plate assignment, so no siRNA is picked twice on a plate.
+    An siRNA is pseudo-labelled at most once per plate: where the well decision repeated one (the
+    ``sinkhorn`` decision may), only its most confident well is kept.
     """
     final = post.stages.get("assign", post.stages.get("groups", post.stages["ensemble"]))
     frame = test[["id_code", "experiment", "plate"]].assign(sirna=final, confidence=post.confidence)
-    keep = (
-        frame.groupby(["experiment", "plate"])["confidence"].rank(ascending=False, pct=True) <= top
+    frame = frame.sort_values("confidence", ascending=False).drop_duplicates(["experiment", "plate", "sirna"])
+    keep = frame.groupby(["experiment", "plate"])["confidence"].rank(ascending=False, method="first") <= (
+        top * test.groupby(["experiment", "plate"])["id_code"].transform("size").loc[frame.index]
     )
-    chosen = frame.loc[keep, ["id_code", "sirna", "confidence"]]
+    chosen = frame.loc[keep, ["id_code", "sirna", "confidence"]].sort_index()
     _atomic_csv(chosen, Path(path))
-    log.info(
-        "wrote %d pseudo-labels (top %.0f%% of each plate) to %s", len(chosen), 100 * top, path
-    )
+    log.info("wrote %d pseudo-labels (top %.0f%% of each plate) to %s", len(chosen), 100 * top, path)
     return chosen
 
 

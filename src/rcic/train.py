@@ -198,9 +198,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def rng_state() -> dict:
+    """RNG states as plain types and tensors, so checkpoints load with torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "python": random.getstate(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -208,7 +210,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -503,7 +506,7 @@ def _state(model, opt, sched, epoch: int, best: float, cfg: TrainConfig) -> dict
 def _restore(path: Path, model, opt, sched, ctx: Dist) -> tuple[int, float]:
     if not path.exists():
         raise TrainingError(f"--resume: {path} does not exist; start without --resume")
-    state = torch.load(path, map_location=ctx.device, weights_only=False)
+    state = torch.load(path, map_location=ctx.device, weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
