@@ -15,7 +15,14 @@ from pathlib import Path
 
 from rcic import embed_pipeline, metadata, predict, submit
 
-CORRECTIONS = [["none"], ["center_neg"], ["standardize"], ["tvn"], ["center_neg", "align_pos"], ["tvn", "align_pos"]]
+CORRECTIONS = [
+    ["none"],
+    ["center_neg"],
+    ["standardize"],
+    ["tvn"],
+    ["center_neg", "align_pos"],
+    ["tvn", "align_pos"],
+]
 
 
 def stages(logits: list[Path], data: Path, out: Path) -> dict:
@@ -35,27 +42,50 @@ def main() -> None:
     sites = metadata.load_metadata(data)
     for split, name in (("0", "fold.npz"), ("test", "test.npz")):
         if not (work / name).exists():
-            predict.embed_run(run, sites, store, split, work / name, checkpoint="last", progress=False)
+            predict.embed_run(
+                run, sites, store, split, work / name, checkpoint="last", progress=False
+            )
     rows = {"CNN head (model-0)": stages([run / "logits-test.npz"], data, work / "cnn.csv")}
-    print(f"{'method':42} {'ensemble':>9} {'groups':>9} {'assign':>9}   leave-one-experiment-out on fold 0")
-    print(f"{'CNN head (model-0)':42} " + " ".join(f"{rows['CNN head (model-0)'][s]:9.3f}" for s in ("ensemble", "groups", "assign")))
+    print(
+        f"{'method':42} {'ensemble':>9} {'groups':>9} {'assign':>9}   leave-one-experiment-out on fold 0"
+    )
+    print(
+        f"{'CNN head (model-0)':42} "
+        + " ".join(
+            f"{rows['CNN head (model-0)'][s]:9.3f}" for s in ("ensemble", "groups", "assign")
+        )
+    )
     best, best_acc = None, -1.0
     for head in ("centroid", "linear"):
         for steps in CORRECTIONS:
             name = f"{head} on {'+'.join(steps)}"
             out = work / f"{head}-{'+'.join(steps)}.npz"
-            cv = embed_pipeline.fit_apply(work / "fold.npz", work / "test.npz", out, steps, "plate", head)["cv_accuracy"]
+            cv = embed_pipeline.fit_apply(
+                work / "fold.npz", work / "test.npz", out, steps, "plate", head
+            )["cv_accuracy"]
             rows[name] = stages([out], data, work / "head.csv")
-            print(f"{name:42} " + " ".join(f"{rows[name][s]:9.3f}" for s in ("ensemble", "groups", "assign")) + f"   {cv:.3f}", flush=True)
+            print(
+                f"{name:42} "
+                + " ".join(f"{rows[name][s]:9.3f}" for s in ("ensemble", "groups", "assign"))
+                + f"   {cv:.3f}",
+                flush=True,
+            )
             if rows[name]["ensemble"] > best_acc:
                 best, best_acc = out, rows[name]["ensemble"]
     ens = stages([run / "logits-test.npz", best], data, work / "ens.csv")
     rows[f"CNN + {best.stem}"] = ens
-    print(f"{'CNN + ' + best.stem:42} " + " ".join(f"{ens[s]:9.3f}" for s in ("ensemble", "groups", "assign")))
+    print(
+        f"{'CNN + ' + best.stem:42} "
+        + " ".join(f"{ens[s]:9.3f}" for s in ("ensemble", "groups", "assign"))
+    )
     for steps in (["none"], ["tvn"], ["tvn", "align_pos"]):
-        prof = embed_pipeline.write_profiles([work / "fold.npz"], work / "profiles.npz", steps, "plate", data / "synth.json", 5)
-        print(f"profiles ({'+'.join(steps)}): same-pathway share among the 5 most similar siRNAs "
-              f"{prof['pathway_recall']:.3f} (chance {prof['chance']:.3f})")
+        prof = embed_pipeline.write_profiles(
+            [work / "fold.npz"], work / "profiles.npz", steps, "plate", data / "synth.json", 5
+        )
+        print(
+            f"profiles ({'+'.join(steps)}): same-pathway share among the 5 most similar siRNAs "
+            f"{prof['pathway_recall']:.3f} (chance {prof['chance']:.3f})"
+        )
     (work / "results.json").write_text(json.dumps(rows, indent=1))
 
 

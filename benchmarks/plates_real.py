@@ -10,6 +10,7 @@ second, independent draw (as `rcic predict --split FOLD` does on held-out experi
 Methods:  bronze  = per-plate argmax vote, mask, argmax
           winner  = argmax counts per candidate order, mask, Hungarian assignment
           rcic-*  = calibrated probabilities; group choice by the named rule; the named well decision
+                    (sinkhorn(x): per-well argmax after Sinkhorn balancing of p ** (1 / x))
 """
 
 from __future__ import annotations
@@ -26,16 +27,17 @@ from rcic.logitsfile import write_logits
 from rcic.predict import fit_temperature
 from rcic.submit import run_submit
 
-METHODS = {
-    "bronze": ("vote", "argmax", False),
-    "winner": ("counts", "assign", False),
-    "rcic-loglik+assign": ("loglik", "assign", True),
-    "rcic-loglik+sinkhorn": ("loglik", "sinkhorn", True),
-    "rcic-loglik+sinkhorn_assign": ("loglik", "sinkhorn_assign", True),
-    "rcic-probsum+sinkhorn": ("probsum", "sinkhorn", True),
-    "rcic-joint+sinkhorn": ("joint", "sinkhorn", True),
+METHODS = {  # name: (group method, well method, calibrated, sharpen)
+    "bronze": ("vote", "argmax", False, 1.0),
+    "winner": ("counts", "assign", False, 1.0),
+    "rcic-loglik+assign": ("loglik", "assign", True, 1.0),
+    "rcic-loglik+sinkhorn(1.0)": ("loglik", "sinkhorn", True, 1.0),
+    "rcic-loglik+sinkhorn(0.7)": ("loglik", "sinkhorn", True, 0.7),
+    "rcic-loglik+sinkhorn(0.5) [default]": ("loglik", "sinkhorn", True, 0.5),
+    "rcic-probsum+sinkhorn(0.5)": ("probsum", "sinkhorn", True, 0.5),
+    "rcic-joint+sinkhorn(0.5)": ("joint", "sinkhorn", True, 0.5),
 }
-SIGNALS = (0.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
+SIGNALS = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
 
 
 def simulate(labels: np.ndarray, signal: float, rng) -> np.ndarray:
@@ -44,7 +46,7 @@ def simulate(labels: np.ndarray, signal: float, rng) -> np.ndarray:
     return z
 
 
-def run_method(lp, test, pg, group_method, well_method):
+def run_method(lp, test, pg, group_method, well_method, sharpen):
     exps, pls = test.experiment.to_numpy(), test.plate.to_numpy()
     choices = plates.choose_groups(lp, exps, pls, pg, group_method)
     masked, final = lp.argmax(1), lp.argmax(1)
@@ -56,7 +58,7 @@ def run_method(lp, test, pg, group_method, well_method):
             members = pg.groups[g]
             sub = lp[np.ix_(sel, members)]
             masked[sel] = members[sub.argmax(1)]
-            final[sel] = members[plates.decide_plate(sub, well_method)]
+            final[sel] = members[plates.decide_plate(sub, well_method, sharpen)]
             right.append(np.bincount(of[test.sirna.to_numpy()[sel]]).argmax() == g)
     return masked, final, float(np.mean(right))
 
@@ -88,9 +90,9 @@ def main() -> None:
             rng = np.random.default_rng(seed)
             z = simulate(labels, signal, rng)
             temperature = fit_temperature(simulate(labels, signal, rng), labels)
-            for name, (gm, wm, calibrated) in METHODS.items():
+            for name, (gm, wm, calibrated, sharpen) in METHODS.items():
                 lp = plates.treatment_log_probs(z, temperature if calibrated else 1.0)
-                masked, final, group_acc = run_method(lp, test, pg, gm, wm)
+                masked, final, group_acc = run_method(lp, test, pg, gm, wm, sharpen)
                 rows.append(
                     {
                         "signal": signal,

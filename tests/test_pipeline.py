@@ -119,8 +119,29 @@ def test_stage_scores_rise_for_a_trained_model(trained, tiny_screen, tiny_store,
 
 def test_pseudo_label_rounds_grow_and_respect_plates(trained, tiny_screen, tiny_store, tmp_path):
     out = tmp_path / "pseudo"
-    assert cli.main(["pseudo", "--run", str(trained), "--data", str(tiny_screen), "--store", str(tiny_store), "--out", str(out),
-                     "--fractions", "0.25", "0.75", "--epochs", "1", "--labels", str(tiny_screen / "test_labels.csv")]) == 0
+    assert (
+        cli.main(
+            [
+                "pseudo",
+                "--run",
+                str(trained),
+                "--data",
+                str(tiny_screen),
+                "--store",
+                str(tiny_store),
+                "--out",
+                str(out),
+                "--fractions",
+                "0.25",
+                "0.75",
+                "--epochs",
+                "1",
+                "--labels",
+                str(tiny_screen / "test_labels.csv"),
+            ]
+        )
+        == 0
+    )
     rounds = json.loads((out / "rounds.json").read_text())
     assert [r["fraction"] for r in rounds] == [0.25, 0.75]
     assert rounds[0]["pseudo_labels"] < rounds[1]["pseudo_labels"]
@@ -129,4 +150,7 @@ def test_pseudo_label_rounds_grow_and_respect_plates(trained, tiny_screen, tiny_
         plate = p.id_code.str.rsplit("_", n=1).str[0]
         assert not p.assign(plate=plate).duplicated(["plate", "sirna"]).any()
         env = json.loads((out / f"round{k}" / "env.json").read_text())
-        assert env["n_train_samples"] > json.loads((trained / "env.json").read_text())["n_train_samples"]
+        assert (
+            env["n_train_samples"]
+            > json.loads((trained / "env.json").read_text())["n_train_samples"]
+        )

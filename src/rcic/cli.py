@@ -328,6 +328,12 @@ def _add_submit(sub) -> None:
     p.add_argument("--group-method", choices=GROUP_METHODS, default="loglik")
     p.add_argument("--well-method", choices=WELL_METHODS, default="sinkhorn")
     p.add_argument(
+        "--sharpen",
+        type=float,
+        default=0.5,
+        help="sinkhorn decision: balance p ** (1 / SHARPEN); 1 = plain marginals, towards 0 = assignment",
+    )
+    p.add_argument(
         "--pseudo-out",
         type=Path,
         help="also write the most confident assigned wells as pseudo-labels",
@@ -361,6 +367,7 @@ def cmd_submit(args) -> int:
         temperature=args.temperature,
         group_method=args.group_method,
         well_method=args.well_method,
+        sharpen=args.sharpen,
         pseudo_out=args.pseudo_out,
         pseudo_top=args.pseudo_top,
         label_map=args.label_map,
@@ -571,17 +578,22 @@ def cmd_profiles(args) -> int:
 
 
 def _add_pseudo(sub) -> None:
-    p = sub.add_parser("pseudo", help="progressive pseudo-labelling rounds from a trained run",
-                       description="Each round: predict the test experiments, post-process by plate, keep the most "
-                       "confident FRACTION of every plate's assigned wells (never one siRNA twice on a plate) as labels, "
-                       "and fine-tune from the current weights with them. Fractions grow round by round.")
+    p = sub.add_parser(
+        "pseudo",
+        help="progressive pseudo-labelling rounds from a trained run",
+        description="Each round: predict the test experiments, post-process by plate, keep the most "
+        "confident FRACTION of every plate's assigned wells (never one siRNA twice on a plate) as labels, "
+        "and fine-tune from the current weights with them. Fractions grow round by round.",
+    )
     p.add_argument("--run", type=Path, required=True, help="trained run to start from")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="folder for the rounds")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.6, 0.9])
     p.add_argument("--epochs", type=int, help="fine-tuning epochs per round (default: the run's)")
-    p.add_argument("--labels", type=Path, help="hidden test labels, to report pseudo-label accuracy")
+    p.add_argument(
+        "--labels", type=Path, help="hidden test labels, to report pseudo-label accuracy"
+    )
     p.set_defaults(func=cmd_pseudo)
 
 
@@ -589,7 +601,9 @@ def cmd_pseudo(args) -> int:
     from rcic import metadata, pseudo
 
     sites = metadata.load_metadata(args.data)
-    for r in pseudo.pseudo_rounds(args.run, sites, args.data, args.store, args.out, args.fractions, args.epochs, args.labels):
+    for r in pseudo.pseudo_rounds(
+        args.run, sites, args.data, args.store, args.out, args.fractions, args.epochs, args.labels
+    ):
         print(r)
     return 0
 

@@ -12,6 +12,13 @@ from tqdm import tqdm
 from rcic.data import BatchTransform, dihedral
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when available, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast where the device supports it (CPU, and GPUs of compute capability 8+)."""
     if not enabled:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from rcic import layout
+from rcic.fileio import atomic_csv
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def write_label_mapping(mapping: dict[str, int], path: str | Path) -> None:
     frame = pd.DataFrame({"name": list(mapping), "sirna": list(mapping.values())}).sort_values(
         "sirna"
     )
-    _atomic_csv(frame, Path(path))
+    atomic_csv(frame, Path(path))
 
 
 def _apply_mapping(table: _Table, mapping: dict[str, int]) -> None:
@@ -311,9 +312,3 @@ def _read_rxrx1(path: Path) -> pd.DataFrame:
     _check_split_overlap(keep)
     keep["cell_type"] = keep["experiment"].map(layout.cell_type_of)
     return keep
-
-
-def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)

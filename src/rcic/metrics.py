@@ -41,11 +41,13 @@ def format_table(rows: dict[str, dict], columns: list[str] | None = None) -> str
     """A plain-text table of {row name: {column: accuracy}} for the terminal and README."""
     columns = columns or sorted({c for r in rows.values() for c in r})
     width = max(len(n) for n in rows) + 2
-    head = "stage".ljust(width) + "".join(f"{c:>10}" for c in columns)
+    cw = [max(10, len(c) + 2) for c in columns]
+    head = "stage".ljust(width) + "".join(f"{c:>{w}}" for c, w in zip(columns, cw, strict=True))
     lines = [head, "-" * len(head)]
     for name, r in rows.items():
         cells = "".join(
-            f"{r[c]:>10.3f}" if isinstance(r.get(c), float) else f"{'-':>10}" for c in columns
+            f"{r[c]:>{w}.3f}" if isinstance(r.get(c), float) else f"{'-':>{w}}"
+            for c, w in zip(columns, cw, strict=True)
         )
         lines.append(name.ljust(width) + cells)
     return "\n".join(lines)

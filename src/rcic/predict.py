@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from rcic import layout
 from rcic.config import TrainConfig
 from rcic.data import BatchTransform, SiteDataset, cache_fits, make_folds, plate_norm_stats
-from rcic.inference import infer
+from rcic.inference import infer, resolve_device
 from rcic.logitsfile import write_logits
 from rcic.metadata import wells_of
 from rcic.models import RcicModel, build_model
@@ -178,11 +178,7 @@ def predict_run(
     On a fold split (held-out experiments with labels) the temperature is fitted and stored;
     otherwise `temperature` (for example from a fold's file) is stored if given.
     """
-    device = (
-        "cuda"
-        if device == "auto" and torch.cuda.is_available()
-        else ("cpu" if device == "auto" else device)
-    )
+    device = resolve_device(device)
     model, cfg = load_checkpoint(run, checkpoint, device)
     chosen = split_wells(sites, split, cfg)
     st = SiteStore(store)
@@ -232,11 +228,7 @@ def embed_run(
     """
     from rcic.train import select_samples  # same layer; only needed here
 
-    device = (
-        "cuda"
-        if device == "auto" and torch.cuda.is_available()
-        else ("cpu" if device == "auto" else device)
-    )
+    device = resolve_device(device)
     model, cfg = load_checkpoint(run, checkpoint, device)
     st = SiteStore(store)
     if split in ("test", "train"):

@@ -21,8 +21,16 @@ from rcic.config import TrainConfig, load_config
 log = logging.getLogger(__name__)
 
 
-def pseudo_rounds(run: str | Path, sites: pd.DataFrame, data: str | Path, store: str | Path, out: str | Path,
-                  fractions=(0.3, 0.6, 0.9), epochs: int | None = None, labels: str | Path | None = None) -> list[dict]:
+def pseudo_rounds(
+    run: str | Path,
+    sites: pd.DataFrame,
+    data: str | Path,
+    store: str | Path,
+    out: str | Path,
+    fractions=(0.3, 0.6, 0.9),
+    epochs: int | None = None,
+    labels: str | Path | None = None,
+) -> list[dict]:
     """Run one fine-tuning round per fraction, starting from `run`'s last checkpoint.
 
     Returns one record per round: the fraction, the number of pseudo-labels, their accuracy when
@@ -34,17 +42,39 @@ def pseudo_rounds(run: str | Path, sites: pd.DataFrame, data: str | Path, store:
     base = load_config(current / "config.yaml")
     history = []
     for k, fraction in enumerate(fractions, start=1):
-        logits = predict.predict_run(current, sites, store, "test", out / f"round{k}-test.npz", checkpoint="last", progress=False)
+        logits = predict.predict_run(
+            current,
+            sites,
+            store,
+            "test",
+            out / f"round{k}-test.npz",
+            checkpoint="last",
+            progress=False,
+        )
         pseudo_csv = out / f"round{k}-pseudo.csv"
-        submit.run_submit([logits], data, out / f"round{k}-submission.csv", pseudo_out=pseudo_csv, pseudo_top=fraction,
-                          labels=labels)
+        submit.run_submit(
+            [logits],
+            data,
+            out / f"round{k}-submission.csv",
+            pseudo_out=pseudo_csv,
+            pseudo_top=fraction,
+            labels=labels,
+        )
         chosen = pd.read_csv(pseudo_csv)
         record = {"round": k, "fraction": fraction, "pseudo_labels": len(chosen)}
         if labels:
             truth = pd.read_csv(labels).set_index("id_code")["sirna"]
-            record["pseudo_label_accuracy"] = float((chosen["sirna"].to_numpy() == truth.loc[chosen["id_code"]].to_numpy()).mean())
-        cfg: TrainConfig = replace(base, pseudo_labels=str(pseudo_csv), weights=str(current / "checkpoints" / "last.pt"),
-                                   pretrained=None, epochs=epochs or base.epochs, warmup_epochs=0.0)
+            record["pseudo_label_accuracy"] = float(
+                (chosen["sirna"].to_numpy() == truth.loc[chosen["id_code"]].to_numpy()).mean()
+            )
+        cfg: TrainConfig = replace(
+            base,
+            pseudo_labels=str(pseudo_csv),
+            weights=str(current / "checkpoints" / "last.pt"),
+            pretrained=None,
+            epochs=epochs or base.epochs,
+            warmup_epochs=0.0,
+        )
         next_run = out / f"round{k}"
         train.train(cfg, sites, store, next_run, progress=False)
         record["run"] = str(next_run)

@@ -135,7 +135,7 @@ def stage_tables(stages_path: Path, demo_path: Path | None) -> str:
         )
         parts.append(
             "<h3>Accuracy after each stage, with the bronze-medal way beside it</h3>"
-            + _table(frame.fillna("-"))
+            + _table(frame.astype(object).fillna("-"))
         )
     stages = report.get("stages", {})
     if stages:

@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rcic import layout
+from rcic.fileio import atomic_csv, atomic_text
 from rcic.images import ImageReadError, load_site
 from rcic.metadata import SITE_COLUMNS
 
@@ -163,7 +164,7 @@ def _open_or_create(
         dtype="float64",
         fill_value=0.0,
     )
-    _atomic_csv(index, out / "index.csv")
+    atomic_csv(index, out / "index.csv")
     meta = {
         "format": 1,
         "size": size,
@@ -173,7 +174,7 @@ def _open_or_create(
         "n_sites": n,
         "complete": False,
     }
-    _atomic_text(out / "store.json", json.dumps(meta, indent=1))
+    atomic_text(out / "store.json", json.dumps(meta, indent=1))
     return group
 
 
@@ -239,7 +240,7 @@ def _write_failed(out: Path, index: pd.DataFrame, failures: dict[int, str]) -> N
     frame = index.loc[sorted(failures), ["idx", "id_code", "site"]].assign(
         reason=[failures[i] for i in sorted(failures)]
     )
-    _atomic_csv(frame, out / "failed.csv")
+    atomic_csv(frame, out / "failed.csv")
     for i in sorted(failures)[:10]:
         log.warning("unreadable site left out: %s", failures[i])
     if len(failures) > 10:
@@ -270,14 +271,14 @@ def write_stats(out: str | Path) -> pd.DataFrame:
                 )
             rows.append(row)
     stats = pd.DataFrame(rows)
-    _atomic_csv(stats, out / "stats.csv")
+    atomic_csv(stats, out / "stats.csv")
     return stats
 
 
 def _update_meta(out: Path, **fields) -> None:
     meta = json.loads((out / "store.json").read_text())
     meta.update(fields)
-    _atomic_text(out / "store.json", json.dumps(meta, indent=1))
+    atomic_text(out / "store.json", json.dumps(meta, indent=1))
 
 
 class SiteStore:
@@ -347,15 +348,3 @@ class SiteStore:
                 f"{self.path} does not match the metadata: {len(missing)} site(s) absent, e.g. {missing[:3]}; "
                 "run `rcic prepare` on this dataset"
             )
-
-
-def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

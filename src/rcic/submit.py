@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +18,11 @@ import pandas as pd
 from scipy.special import log_softmax
 
 from rcic import layout
+from rcic.fileio import atomic_csv, atomic_text
 from rcic.logitsfile import read_logits
 from rcic.metadata import load_metadata, wells_of
 from rcic.metrics import accuracy_table
-from rcic.plates import PostResult, postprocess
+from rcic.plates import SHARPEN, PostResult, postprocess
 from rcic.rules import PlateGroups, discover_groups
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def run_submit(
     temperature: float | None = None,
     group_method: str = "loglik",
     well_method: str = "sinkhorn",
+    sharpen: float = SHARPEN,
     pseudo_out: str | Path | None = None,
     pseudo_top: float = 0.5,
     label_map=None,
@@ -117,11 +118,12 @@ def run_submit(
         group_method,
         well_method,
         stages,
+        sharpen,
     )
     final = post.stages[[s for s in STAGES if s in post.stages][-1]]
     submission = pd.DataFrame({"id_code": test["id_code"].to_numpy(), "sirna": final.astype(int)})
     validate_submission(submission, metadata_dir)
-    _atomic_csv(submission, Path(out))
+    atomic_csv(submission, Path(out))
     truth = _read_labels(labels, test) if labels else None
     scores = (
         {
@@ -140,9 +142,7 @@ def run_submit(
         "files": [str(p) for p in logits],
         "seconds": time.perf_counter() - t0,
     }
-    _atomic_text(
-        Path(out).with_name("stages.json"), json.dumps(report, indent=1, default=_jsonable)
-    )
+    atomic_text(Path(out).with_name("stages.json"), json.dumps(report, indent=1, default=_jsonable))
     if pseudo_out:
         write_pseudo_labels(pseudo_out, test, post, pseudo_top)
     return SubmitResult(submission, post, scores, groups)
@@ -246,13 +246,17 @@ def write_pseudo_labels(path, test: pd.DataFrame, post: PostResult, top: float) 
     """
     final = post.stages.get("assign", post.stages.get("groups", post.stages["ensemble"]))
     frame = test[["id_code", "experiment", "plate"]].assign(sirna=final, confidence=post.confidence)
-    frame = frame.sort_values("confidence", ascending=False).drop_duplicates(["experiment", "plate", "sirna"])
-    keep = frame.groupby(["experiment", "plate"])["confidence"].rank(ascending=False, method="first") <= (
-        top * test.groupby(["experiment", "plate"])["id_code"].transform("size").loc[frame.index]
+    frame = frame.sort_values("confidence", ascending=False).drop_duplicates(
+        ["experiment", "plate", "sirna"]
     )
+    keep = frame.groupby(["experiment", "plate"])["confidence"].rank(
+        ascending=False, method="first"
+    ) <= (top * test.groupby(["experiment", "plate"])["id_code"].transform("size").loc[frame.index])
     chosen = frame.loc[keep, ["id_code", "sirna", "confidence"]].sort_index()
-    _atomic_csv(chosen, Path(path))
-    log.info("wrote %d pseudo-labels (top %.0f%% of each plate) to %s", len(chosen), 100 * top, path)
+    atomic_csv(chosen, Path(path))
+    log.info(
+        "wrote %d pseudo-labels (top %.0f%% of each plate) to %s", len(chosen), 100 * top, path
+    )
     return chosen
 
 
@@ -279,16 +283,3 @@ def _jsonable(x):
     if isinstance(x, tuple):
         return list(x)
     raise TypeError(type(x))
-
-
-def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -22,6 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from rcic import layout, rules
+from rcic.fileio import atomic_csv, atomic_text
 from rcic.images import write_png
 from rcic.metadata import load_metadata, wells_of
 
@@ -451,7 +452,7 @@ def generate(
         seed=seed,
         pathway={str(i): int(p) for i, p in enumerate(pathway) if p >= 0},
     )
-    _write_text(out / "synth.json", json.dumps(truth, indent=1))
+    atomic_text(out / "synth.json", json.dumps(truth, indent=1))
     log.info("wrote a %s screen of %d wells to %s", spec.name, len(wells), out)
     return out
 
@@ -488,22 +489,10 @@ def _write_tables(out: Path, wells: pd.DataFrame) -> None:
     cols = ["id_code", "experiment", "plate", "well"]
     treat = wells["well_type"] == "treatment"
     train, test = wells["split"] == "train", wells["split"] == "test"
-    _write_csv(out / "train.csv", wells.loc[train & treat, cols + ["sirna"]])
-    _write_csv(out / "test.csv", wells.loc[test & treat, cols])
-    _write_csv(out / "train_controls.csv", wells.loc[train & ~treat, cols + ["sirna", "well_type"]])
-    _write_csv(out / "test_controls.csv", wells.loc[test & ~treat, cols + ["sirna", "well_type"]])
+    atomic_csv(wells.loc[train & treat, cols + ["sirna"]], out / "train.csv")
+    atomic_csv(wells.loc[test & treat, cols], out / "test.csv")
+    atomic_csv(wells.loc[train & ~treat, cols + ["sirna", "well_type"]], out / "train_controls.csv")
+    atomic_csv(wells.loc[test & ~treat, cols + ["sirna", "well_type"]], out / "test_controls.csv")
     sample = wells.loc[test & treat, ["id_code"]].assign(sirna=int(wells.loc[treat, "sirna"].min()))
-    _write_csv(out / "sample_submission.csv", sample)
-    _write_csv(out / "test_labels.csv", wells.loc[test & treat, ["id_code", "sirna"]])
-
-
-def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_csv(sample, out / "sample_submission.csv")
+    atomic_csv(wells.loc[test & treat, ["id_code", "sirna"]], out / "test_labels.csv")
