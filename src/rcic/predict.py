@@ -14,7 +14,14 @@ from torch.utils.data import DataLoader
 
 from rcic import layout
 from rcic.config import TrainConfig
-from rcic.data import BatchTransform, SiteDataset, cache_fits, make_folds, plate_norm_stats
+from rcic.data import (
+    BatchTransform,
+    SiteDataset,
+    cache_fits,
+    collate_batch,
+    make_folds,
+    plate_norm_stats,
+)
 from rcic.inference import infer, resolve_device
 from rcic.logitsfile import write_logits
 from rcic.metadata import wells_of
@@ -97,7 +104,7 @@ def predict_logits(
     dataset = SiteDataset(
         st, rows, rows["sirna"].to_numpy(), stats, cache=cache_fits(st, len(rows), cfg.cache_mb)
     )
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
     transform = BatchTransform(cfg.image_size or st.size)
     model = model.to(device)
     if cfg.channels_last:

@@ -37,6 +37,7 @@ from rcic.data import (
     BatchTransform,
     SiteDataset,
     cache_fits,
+    collate_batch,
     make_folds,
     mix_batch,
     plate_norm_stats,
@@ -345,8 +346,17 @@ def _loaders(cfg, ctx, st, samples, size):
         "persistent_workers": cfg.num_workers > 0,
         "pin_memory": ctx.device.type == "cuda",
     }
-    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=True, **kw)
-    val_loader = DataLoader(val_set, batch_size=per_rank * 2, shuffle=False, **kw)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=per_rank,
+        sampler=sampler,
+        drop_last=True,
+        collate_fn=collate_batch,
+        **kw,
+    )
+    val_loader = DataLoader(
+        val_set, batch_size=per_rank * 2, shuffle=False, collate_fn=collate_batch, **kw
+    )
     if len(train_loader) == 0:
         raise ConfigError(
             f"config batch_size={cfg.batch_size}: larger than the {len(train_set)} training samples"
@@ -440,19 +450,17 @@ def _train_epoch(
             out = model(x, batch["cell_type"].to(ctx.device))
         loss = compute_loss(out, ya, yb, lam, cfg) / cfg.accumulate
         loss.backward()
+        if _any_rank_not_finite(loss, ctx):  # every rank learns it, so all stop together
+            last = ckpt_dir / "last.pt"
+            kept = (
+                f"the last good checkpoint is {last}"
+                if last.exists()
+                else "no epoch had finished, so there is no checkpoint"
+            )
+            raise TrainingError(
+                f"the loss became NaN or infinite at epoch {epoch + 1}, batch {i + 1}; {kept}. Lower lr, or set amp=false."
+            )
         if (i + 1) % cfg.accumulate == 0:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e6)
-            if not torch.isfinite(norm):  # gradients are all-reduced, so every rank stops together
-                last = ckpt_dir / "last.pt"
-                kept = (
-                    f"the last good checkpoint is {last}"
-                    if last.exists()
-                    else "no epoch had finished, so there is no checkpoint"
-                )
-                raise TrainingError(
-                    f"the loss or its gradient became NaN or infinite at epoch {epoch + 1}, batch {i + 1} "
-                    f"(loss {loss.item():.4g}); {kept}. Lower lr, or set amp=false."
-                )
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -462,6 +470,13 @@ def _train_epoch(
         speed = n_images * ctx.world / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{total / count:.3f}", img_s=f"{speed:.0f}")
     return total / max(count, 1), n_images * ctx.world / (time.perf_counter() - t0)
+
+
+def _any_rank_not_finite(loss: torch.Tensor, ctx: Dist) -> bool:
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if ctx.world > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bool(bad.item())
 
 
 def validate(model, loader, transform, rows: pd.DataFrame, device, cfg: TrainConfig) -> dict:
