@@ -47,20 +47,17 @@ def simulate(labels: np.ndarray, signal: float, rng) -> np.ndarray:
 
 
 def run_method(lp, test, pg, group_method, well_method, sharpen):
+    """rcic's own post-processing with the named methods; also the share of plates given the right group."""
     exps, pls = test.experiment.to_numpy(), test.plate.to_numpy()
-    choices = plates.choose_groups(lp, exps, pls, pg, group_method)
-    masked, final = lp.argmax(1), lp.argmax(1)
-    right = []
+    post = plates.postprocess(lp, exps, pls, pg, group_method, well_method, sharpen=sharpen)
     of = plates.group_index(pg)
-    for exp, choice in choices.items():
-        for plate, g in choice.plate_group.items():
-            sel = np.flatnonzero((exps == exp) & (pls == plate))
-            members = pg.groups[g]
-            sub = lp[np.ix_(sel, members)]
-            masked[sel] = members[sub.argmax(1)]
-            final[sel] = members[plates.decide_plate(sub, well_method, sharpen)]
-            right.append(np.bincount(of[test.sirna.to_numpy()[sel]]).argmax() == g)
-    return masked, final, float(np.mean(right))
+    truth = test.sirna.to_numpy()
+    right = [
+        np.bincount(of[truth[(exps == exp) & (pls == plate)]]).argmax() == g
+        for exp, choice in post.choices.items()
+        for plate, g in choice.plate_group.items()
+    ]
+    return post.stages["groups"], post.stages["assign"], float(np.mean(right))
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rcic import metadata, store, synth
+from rcic import cli, metadata, store, synth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "rxrx1"
 
@@ -32,3 +32,27 @@ def tiny_store(tiny_screen, tiny_sites, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("store") / "store"
     store.pack(tiny_screen, tiny_sites, out, workers=1)
     return out
+
+
+# A model trained for 8 epochs on the tiny screen, fold 0 held out; shared by the pipeline and
+# embedding tests.
+@pytest.fixture(scope="session")
+def trained(tiny_screen, tiny_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "run"
+    args = [
+        "train",
+        "--data",
+        str(tiny_screen),
+        "--store",
+        str(tiny_store),
+        "--out",
+        str(run),
+        "epochs=8",
+        "batch_size=32",
+        "embedding_dim=64",
+        "lr=0.003",
+        "deterministic=true",
+        "warmup_epochs=0.5",
+    ]
+    assert cli.main(args) == 0
+    return run

@@ -98,36 +98,12 @@ def test_pathway_recall_counts_shared_pathways():
     assert recall == 1.0 and chance == pytest.approx(1 / 3)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_screen, tiny_store, tmp_path_factory):
-    run = tmp_path_factory.mktemp("embrun") / "run"
-    assert (
-        cli.main(
-            [
-                "train",
-                "--data",
-                str(tiny_screen),
-                "--store",
-                str(tiny_store),
-                "--out",
-                str(run),
-                "epochs=2",
-                "batch_size=32",
-                "embedding_dim=32",
-                "fold=0",
-            ]
-        )
-        == 0
-    )
-    return run
-
-
 def test_out_of_fold_embeddings_and_heads_through_submit(
-    tiny_run, tiny_screen, tiny_store, tmp_path
+    trained, tiny_screen, tiny_store, tmp_path
 ):
     common = [
         "--run",
-        str(tiny_run),
+        str(trained),
         "--data",
         str(tiny_screen),
         "--store",
@@ -143,7 +119,7 @@ def test_out_of_fold_embeddings_and_heads_through_submit(
     fold, trainset = read_logits(tmp_path / "fold.npz"), read_logits(tmp_path / "train.npz")
     import json
 
-    held = set(json.loads((tiny_run / "env.json").read_text())["held_out_experiments"])
+    held = set(json.loads((trained / "env.json").read_text())["held_out_experiments"])
     assert (
         set(fold["experiment"]) == held and fold["oof"].all()
     )  # out of fold: never a training sample

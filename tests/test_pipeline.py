@@ -10,28 +10,6 @@ from rcic import cli
 from rcic.logitsfile import read_logits
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_screen, tiny_store, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run") / "run"
-    args = [
-        "train",
-        "--data",
-        str(tiny_screen),
-        "--store",
-        str(tiny_store),
-        "--out",
-        str(run),
-        "epochs=8",
-        "batch_size=32",
-        "embedding_dim=64",
-        "lr=0.003",
-        "deterministic=true",
-        "warmup_epochs=0.5",
-    ]
-    assert cli.main(args) == 0
-    return run
-
-
 def test_predict_fold_fits_temperature_and_test_has_all_wells(trained, tiny_screen, tiny_store):
     common = ["--run", str(trained), "--data", str(tiny_screen), "--store", str(tiny_store)]
     assert cli.main(["predict", *common, "--split", "0", "--out", str(trained / "val.npz")]) == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rcic import embed
+from rcic import embed, layout
 from rcic.logitsfile import read_logits, write_logits
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,7 @@ def leave_one_experiment_out(x: np.ndarray, meta: pd.DataFrame, head: str) -> fl
             meta[test].reset_index(drop=True),
         )
         correct += int(
-            (
-                logits[:, : embed.layout.N_TREATMENTS].argmax(1) == meta["sirna"].to_numpy()[test]
-            ).sum()
+            (logits[:, : layout.N_TREATMENTS].argmax(1) == meta["sirna"].to_numpy()[test]).sum()
         )
         total += int(test.sum())
     return correct / max(total, 1)

@@ -22,7 +22,7 @@ from rcic.fileio import atomic_csv, atomic_text
 from rcic.logitsfile import read_logits
 from rcic.metadata import load_metadata, wells_of
 from rcic.metrics import accuracy_table
-from rcic.plates import SHARPEN, PostResult, postprocess
+from rcic.plates import SHARPEN, PostResult, group_index, postprocess
 from rcic.rules import PlateGroups, discover_groups
 
 log = logging.getLogger(__name__)
@@ -218,9 +218,7 @@ def group_report(
     post: PostResult, pg: PlateGroups, test: pd.DataFrame, truth: np.ndarray | None
 ) -> pd.DataFrame:
     """One row per test plate: chosen group, the experiment's margin, and (with labels) whether it is right."""
-    of = np.full(layout.N_TREATMENTS, -1)
-    for k, g in enumerate(pg.groups):
-        of[g] = k
+    of = group_index(pg)
     rows = []
     for exp, choice in post.choices.items():
         for plate, g in sorted(choice.plate_group.items()):

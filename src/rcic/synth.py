@@ -437,15 +437,13 @@ def generate(
         for (exp, plate), group in wells.groupby(["experiment", "plate"])
     ]
     workers = workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(workers) if workers > 1 else _Serial() as pool:
-        list(
-            tqdm(
-                pool.map(_render_plate, jobs),
-                total=len(jobs),
-                desc="rendering plates",
-                unit="plate",
-            )
-        )
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
+    try:
+        results = pool.map(_render_plate, jobs) if pool else map(_render_plate, jobs)
+        list(tqdm(results, total=len(jobs), desc="rendering plates", unit="plate"))
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     _write_tables(out, wells)
     truth.update(
         preset=asdict(spec),
@@ -455,18 +453,6 @@ def generate(
     atomic_text(out / "synth.json", json.dumps(truth, indent=1))
     log.info("wrote a %s screen of %d wells to %s", spec.name, len(wells), out)
     return out
-
-
-class _Serial:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def map(fn, items):
-        return map(fn, items)
 
 
 def _render_plate(job) -> int:
