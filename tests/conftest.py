@@ -47,7 +47,7 @@ def trained(tiny_screen, tiny_store, tmp_path_factory):
         str(tiny_store),
         "--out",
         str(run),
-        "epochs=8",
+        "epochs=15",
         "batch_size=32",
         "embedding_dim=64",
         "lr=0.003",

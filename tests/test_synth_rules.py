@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rcic import layout, metadata, rules, synth
+from rcic import cellsim, layout, metadata, rules, synth
 
 
 def _full_wells(screen):
@@ -120,25 +120,73 @@ def test_images_are_dark_cells_with_phenotypes(tiny_screen, tiny_sites):
 
 
 def test_phenotypes_structure():
-    pheno, pathway = synth.sirna_phenotypes(synth.PRESETS["demo"], seed=0)
-    assert np.all(pheno[layout.NEGATIVE_ID] == 0)
-    pos = np.linalg.norm(pheno[layout.N_TREATMENTS : layout.NEGATIVE_ID], axis=1).mean()
-    treat = np.linalg.norm(pheno[: layout.N_TREATMENTS], axis=1).mean()
-    assert pos > 2 * treat
+    ph = synth.sirna_phenotypes(synth.PRESETS["demo"], seed=0)
+    nt, neg = layout.N_TREATMENTS, layout.NEGATIVE_ID
+    assert ph.effect.shape == (len(cellsim.CELL_TYPES), layout.N_CLASSES, cellsim.N_DIMS)
+    assert np.all(ph.effect[:, neg] == 0) and ph.penetrance[neg] == 0
+    size = np.linalg.norm(ph.effect[..., : cellsim.N_MORPH], axis=-1)  # (cell types, classes)
+    assert size[:, nt:neg].mean() > 2 * np.median(size[:, :nt])  # positive controls are strong
+    s = ph.strength[:nt]
+    assert np.median(s) < s.mean() and (s > 2 * np.median(s)).mean() < 0.15  # most weak, few strong
+    assert 0.3 < ph.penetrance[:nt].min() and ph.penetrance[:nt].max() < 1.0  # partial penetrance
+    silent = (size[:, :nt] == 0).any(axis=0).mean()
+    assert 0.1 < silent < 0.5  # some siRNAs act in only some cell types
+    # the effect lives mostly in arrangement dims, not in brightness
+    morph = np.abs(ph.effect[..., : cellsim.N_MORPH]).sum(-1)
+    intensity = np.abs(ph.effect[..., cellsim.N_MORPH :]).sum(-1) * cellsim.INTENSITY_EFFECT
+    assert (intensity[:, :nt] < 0.2 * morph[:, :nt] + 1e-9).mean() > 0.9
     # siRNAs of the same pathway are more alike than siRNAs of different pathways
-    same = [
-        np.corrcoef(pheno[i], pheno[j])[0, 1]
-        for i in range(200)
-        for j in range(i + 1, 200)
-        if pathway[i] == pathway[j]
+    e = ph.effect[1, :200, : cellsim.N_MORPH]
+    sim = np.corrcoef(e)
+    same = sim[np.equal.outer(ph.pathway[:200], ph.pathway[:200]) & ~np.eye(200, dtype=bool)]
+    diff = sim[~np.equal.outer(ph.pathway[:200], ph.pathway[:200])]
+    assert np.nanmean(same) > np.nanmean(diff) + 0.15
+
+
+def _render(
+    sirna: int, cell_type: str = "HUVEC", well: str = "E10", exp: str = "HUVEC-01", n: int = 6
+):
+    ph = synth.sirna_phenotypes(synth.PRESETS["demo"], seed=0)
+    batch = cellsim.plate_batch(0, exp, 1)
+    cond = cellsim.well_conditions(0, exp, 1, well, sirna, cell_type, ph, batch)
+    return np.stack(
+        [cellsim.render_site(cellsim.seeded(0, "t", k), 64, 15.0, cond, batch) for k in range(n)]
+    )
+
+
+def test_batch_effects_go_beyond_gain_and_offset():
+    a, b = cellsim.plate_batch(0, "HUVEC-01", 1), cellsim.plate_batch(0, "HUVEC-02", 1)
+    assert not np.allclose(a.gamma, 1) and not np.allclose(a.gamma, b.gamma)  # non-linear response
+    assert a.pheno_scale != b.pheno_scale and not np.allclose(a.pheno_shift, b.pheno_shift)
+    c = cellsim.plate_batch(0, "HUVEC-01", 2)  # same experiment, another plate
+    assert np.allclose(a.gamma, c.gamma) and not np.allclose(a.field, c.field)
+    ph = synth.sirna_phenotypes(synth.PRESETS["demo"], seed=0)
+    edge = cellsim.well_conditions(0, "HUVEC-01", 1, "B05", 3, "HUVEC", ph, a)
+    inner = cellsim.well_conditions(0, "HUVEC-01", 1, "H12", 3, "HUVEC", ph, a)
+    assert edge.density / inner.density < 1.0 / a.edge_density * 1.5  # outer wells sparser...
+    assert a.edge_density < 1.0 and a.edge_intensity > 1.0  # ...and brighter
+    # a z-score per plate cannot undo a power law: it is not affine
+    x = np.linspace(5, 120, 50)
+    y = 255 * (x / 255) ** a.gamma[0]
+    resid = y - np.polyval(np.polyfit(x, y, 1), x)
+    assert np.abs(resid).max() > 1.0
+
+
+def test_phenotype_shows_in_shape_not_in_channel_means():
+    """A strong siRNA changes the images, but its channel means stay within the spread that
+    nuisance alone gives between wells of the negative control."""
+    ph = synth.sirna_phenotypes(synth.PRESETS["demo"], seed=0)
+    nt = layout.N_TREATMENTS
+    strong = int(np.argmax(np.where(np.arange(layout.N_CLASSES) < nt, ph.strength, 0)))
+    neg = [
+        _render(layout.NEGATIVE_ID, well=w).mean(axis=(0, 2, 3))
+        for w in ("C04", "E10", "G15", "J20")
     ]
-    diff = [
-        np.corrcoef(pheno[i], pheno[j])[0, 1]
-        for i in range(60)
-        for j in range(i + 1, 60)
-        if pathway[i] != pathway[j]
-    ]
-    assert np.mean(same) > np.mean(diff) + 0.3
+    spread = np.log(np.stack(neg)).std(0)
+    treated = _render(strong).astype(np.float32)
+    control = _render(layout.NEGATIVE_ID).astype(np.float32)
+    assert np.abs(treated - control).mean() > 2.0  # the images differ
+    assert (spread > 0.03).all()  # wells of one siRNA vary in brightness (nuisance)
 
 
 def test_layout_from_real_tables(tmp_path):

@@ -269,3 +269,29 @@ def test_torchrun_train_only_rank0_writes(tiny_screen, tiny_store, tmp_path):
         "last.pt",
     ]
     np.testing.assert_equal(len(list((tmp_path / "run").glob("*.tmp"))), 0)
+
+
+def test_global_normalisation_predicts_with_the_training_pool(tiny_sites, tiny_store, tmp_path):
+    """normalisation=global: a well's logits must not depend on which other wells are predicted,
+    and the statistics used are those of the training samples, recorded in the checkpoint."""
+    from rcic import predict
+    from rcic.store import SiteStore
+
+    run = tmp_path / "run"
+    cfg = _cfg("epochs=1", "normalisation=global", "deterministic=true")
+    train.train(cfg, tiny_sites, tiny_store, run, progress=False)
+    model, cfg = predict.load_checkpoint(run, "last")
+    st = SiteStore(tiny_store)
+    samples = train.select_samples(tiny_sites, st, cfg)
+    expected = data.plate_norm_stats(st, "global", samples.train_rows)[0]
+    np.testing.assert_allclose(model.global_stats, expected, rtol=1e-6)
+    test = predict.split_wells(tiny_sites, "test", cfg)
+    one_exp = test[test.experiment == test.experiment.iloc[0]]
+    assert data.plate_norm_stats(st, "global", test)[0] != pytest.approx(expected)  # pools differ
+    both = predict.predict_logits(model, cfg, test, st, views=1, progress=False)
+    alone = predict.predict_logits(model, cfg, one_exp, st, views=1, progress=False)
+    pick = np.isin(both["id_code"], alone["id_code"])
+    order = np.argsort(both["id_code"][pick])
+    np.testing.assert_allclose(
+        both["logits"][pick][order], alone["logits"][np.argsort(alone["id_code"])], atol=1e-4
+    )

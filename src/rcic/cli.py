@@ -524,7 +524,9 @@ def _add_embed_head(sub) -> None:
     p.add_argument(
         "--apply", type=Path, required=True, help="embeddings to classify (e.g. the test split)"
     )
-    p.add_argument("--correction", default="tvn", help=f"comma-separated steps from {CORRECTIONS}")
+    p.add_argument(
+        "--correction", default="standardize", help=f"comma-separated steps from {CORRECTIONS}"
+    )
     p.add_argument("--level", choices=["plate", "experiment"], default="plate")
     p.add_argument("--head", choices=HEADS, default="centroid")
     p.add_argument("--out", type=Path, required=True, help="logits file to write")
@@ -555,7 +557,7 @@ def _add_profiles(sub) -> None:
     p.add_argument(
         "--embeddings", type=Path, nargs="+", required=True, help="embedding files of one model"
     )
-    p.add_argument("--correction", default="tvn")
+    p.add_argument("--correction", default="standardize")
     p.add_argument("--level", choices=["plate", "experiment"], default="plate")
     p.add_argument("--truth", type=Path, help="synth.json of a synthetic screen (pathways)")
     p.add_argument("--top-k", type=int, default=5)

@@ -48,6 +48,8 @@ def load_checkpoint(
     cfg = TrainConfig(**values)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
+    if "global_stats" in state:  # normalisation=global: the statistics of the training pool
+        model.global_stats = state["global_stats"].numpy()
     return model.to(device).eval(), cfg
 
 
@@ -100,7 +102,7 @@ def predict_logits(
         sites[["id_code", "site", "sirna", "well_type"]], on=["id_code", "site"]
     )
     rows = rows[st.packed[rows["idx"].to_numpy()]].reset_index(drop=True)
-    stats = plate_norm_stats(st, cfg.normalisation, rows)
+    stats = _norm_stats(model, cfg, st, rows)
     dataset = SiteDataset(
         st, rows, rows["sirna"].to_numpy(), stats, cache=cache_fits(st, len(rows), cfg.cache_mb)
     )
@@ -123,6 +125,19 @@ def predict_logits(
     per_site = res["logits"] if combine == "mean" else log_softmax(res["logits"], axis=1)
     frame = rows.iloc[res["rows"]].reset_index(drop=True)
     return _per_well(frame, per_site, res.get("embedding"))
+
+
+def _norm_stats(model, cfg: TrainConfig, st: SiteStore, rows: pd.DataFrame) -> np.ndarray:
+    """Normalisation statistics of `rows`; with ``global``, the pool the model was trained with."""
+    if cfg.normalisation != "global":
+        return plate_norm_stats(st, cfg.normalisation, rows)
+    pooled = getattr(model, "global_stats", None)
+    if pooled is None:
+        raise ValueError(
+            "normalisation=global: the checkpoint does not record the training statistics "
+            "(written by an older rcic); train the model again"
+        )
+    return np.broadcast_to(np.asarray(pooled, np.float32), (len(rows), 6, 2)).copy()
 
 
 def _per_well(

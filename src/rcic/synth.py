@@ -9,7 +9,6 @@ experiment-specific change in how strongly phenotypes show. Same seed, same byte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,28 +20,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from rcic import layout, rules
+from rcic import cellsim, layout, rules
 from rcic.fileio import atomic_csv, atomic_text
 from rcic.images import write_png
 from rcic.metadata import load_metadata, wells_of
 
 log = logging.getLogger(__name__)
-
-# Phenotype dimensions: how an siRNA changes a cell, as log-scale factors.
-PHENOTYPE_DIMS = (
-    "nucleus_size",
-    "cell_size",
-    "w1",
-    "w2",
-    "w3",
-    "w4",
-    "w5",
-    "w6",
-    "nucleoli",
-    "golgi_size",
-    "elongation",
-)
-N_DIMS = len(PHENOTYPE_DIMS)
 
 
 @dataclass(frozen=True)
@@ -59,7 +42,7 @@ class Preset:
         image_size: site width and height in pixels (512 in RxRx1).
         cell_radius: typical cell radius in pixels.
         missing_wells: treatment wells dropped across the screen (RxRx1 plates hold 272..277).
-        strength: standard deviation of an siRNA's phenotype, in log units.
+        strength: median size of an siRNA's phenotype (see rcic.cellsim.sirna_phenotypes).
         n_pathways: siRNAs are drawn from this many pathways sharing part of their phenotype.
     """
 
@@ -72,7 +55,7 @@ class Preset:
     image_size: int = 64
     cell_radius: float = 9.0
     missing_wells: int = 4
-    strength: float = 0.25
+    strength: float = 5.0
     n_pathways: int = 0
 
     def __post_init__(self):
@@ -97,8 +80,9 @@ PRESETS = {
         group_size=4,
         n_positive=2,
         image_size=32,
-        cell_radius=6.0,
+        cell_radius=8.0,
         missing_wells=2,
+        strength=15.0,
         n_pathways=4,
     ),
     "demo": Preset(
@@ -107,9 +91,9 @@ PRESETS = {
         n_positive=5,
         train_experiments=(3, 3, 3, 3),
         image_size=64,
-        cell_radius=9.0,
+        cell_radius=15.0,
         missing_wells=6,
-        strength=0.3,
+        strength=7.0,
         n_pathways=16,
     ),
     # The real dimensions: 51 experiments (HEPG2 7+4, HUVEC 16+8, RPE 7+4, U2OS 3+2), 512 px.
@@ -122,21 +106,10 @@ PRESETS = {
         image_size=512,
         cell_radius=26.0,
         missing_wells=60,
-        strength=0.2,
+        strength=5.0,
         n_pathways=150,
     ),
 }
-
-# Cell-type morphology: (radius scale, elongation, density, brightness); HEPG2 is the brightest.
-CELL_MORPHOLOGY = {
-    "HEPG2": (0.85, 1.1, 1.3, 1.6),
-    "HUVEC": (1.0, 1.8, 1.0, 1.0),
-    "RPE": (1.1, 1.3, 0.8, 1.1),
-    "U2OS": (1.25, 1.4, 0.6, 0.9),
-}
-# Mean stain intensities (0..255) inside a cell, channels w1..w6; backgrounds are dark.
-BASE_INTENSITY = np.array([55.0, 30.0, 30.0, 25.0, 25.0, 30.0])
-
 
 # --- plate maps --------------------------------------------------------------------------------
 
@@ -255,154 +228,9 @@ def layout_from(root: str | Path, seed: int) -> tuple[pd.DataFrame, dict]:
     return wells, truth
 
 
-# --- phenotypes and batch effects ------------------------------------------------------------
-
-
-def _seeded(seed: int, *keys) -> np.random.Generator:
-    """A generator that depends only on the seed and the keys, not on the order of work."""
-    digest = hashlib.sha256(json.dumps([seed, *map(str, keys)]).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-
-def sirna_phenotypes(preset: Preset, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Phenotype of every class id (N_CLASSES, N_DIMS) and the pathway of every treatment (-1: none).
-
-    siRNAs of one pathway share 60% of their phenotype's variance, so their profiles are similar.
-    Positive controls are three times stronger; the negative control has none.
-    """
-    rng = _seeded(seed, "phenotypes")
-    own = rng.normal(0, 1, (layout.N_CLASSES, N_DIMS))
-    pathway = np.full(layout.N_CLASSES, -1)
-    if preset.n_pathways:
-        centres = rng.normal(0, 1, (preset.n_pathways, N_DIMS))
-        pathway[: layout.N_TREATMENTS] = rng.integers(preset.n_pathways, size=layout.N_TREATMENTS)
-        treat = slice(0, layout.N_TREATMENTS)
-        own[treat] = np.sqrt(0.6) * centres[pathway[treat]] + np.sqrt(0.4) * own[treat]
-    pheno = own * preset.strength
-    pheno[layout.N_TREATMENTS : layout.NEGATIVE_ID] *= 3.0
-    pheno[layout.NEGATIVE_ID] = 0.0
-    return pheno, pathway
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Batch effect of one plate: what the instrument and the day did to its images."""
-
-    gain: np.ndarray  # (6,) multiplicative, per channel
-    offset: np.ndarray  # (6,) additive background, per channel
-    tilt: np.ndarray  # (2,) illumination gradient across the field
-    vignette: float  # darkening towards the corners
-    pheno_scale: float  # how strongly phenotypes show in this experiment
-    pheno_shift: np.ndarray  # (N_DIMS,) a phenotype every well of the experiment shares
-
-
-def plate_batch(seed: int, experiment: str, plate: int) -> Batch:
-    exp = _seeded(seed, "experiment", experiment)
-    pl = _seeded(seed, "plate", experiment, plate)
-    gain = np.exp(exp.normal(0, 0.35, 6) + pl.normal(0, 0.12, 6))
-    offset = exp.uniform(1, 7, 6) + pl.uniform(0, 2, 6)
-    tilt = exp.normal(0, 0.25, 2)
-    return Batch(
-        gain,
-        offset,
-        tilt,
-        float(exp.uniform(0.1, 0.35)),
-        float(np.exp(exp.normal(0, 0.2))),
-        exp.normal(0, 0.08, N_DIMS),
-    )
-
-
-# --- rendering -------------------------------------------------------------------------------
-
-
-def render_site(
-    rng: np.random.Generator,
-    size: int,
-    radius: float,
-    cell_type: str,
-    phenotype: np.ndarray,
-    batch: Batch,
-) -> np.ndarray:
-    """Render one site as uint8 (6, size, size)."""
-    r_scale, elong, density, bright = CELL_MORPHOLOGY.get(cell_type, (1.0, 1.3, 1.0, 1.0))
-    p = phenotype * batch.pheno_scale + batch.pheno_shift
-    p = 1.2 * np.tanh(p / 1.2)  # keep extreme phenotypes within a factor of about 3
-    cell_r = radius * r_scale * np.exp(p[1])
-    n_cells = max(1, rng.poisson(density * 0.3 * (size / cell_r) ** 2))
-    elong = elong * np.exp(p[10])
-    pad = (
-        int(np.ceil(1.2 * cell_r * max(elong, 1.0) * 1.3)) + 3
-    )  # the largest window _draw_cell may use
-    canvas = np.zeros((6, size + 2 * pad, size + 2 * pad), np.float32)
-    level = BASE_INTENSITY * bright * np.exp(p[2:8])
-    for _ in range(n_cells):
-        _draw_cell(canvas, rng, pad, size, cell_r, elong, p, level)
-    img = canvas[:, pad:-pad, pad:-pad]
-    return _apply_batch(img, rng, batch)
-
-
-def _draw_cell(canvas, rng, pad, size, cell_r, elong, p, level) -> None:
-    r_c = cell_r * rng.uniform(0.8, 1.2)
-    r_n = r_c * 0.5 * np.exp(p[0] - p[1] * 0.5)
-    ecc = 1 + (elong - 1) * rng.uniform(0.5, 1.0)
-    theta = rng.uniform(0, np.pi)
-    half = int(np.ceil(r_c * ecc * 1.3)) + 1
-    cy, cx = rng.uniform(0, size, 2) + pad
-    y0, x0 = int(cy) - half, int(cx) - half
-    yy, xx = np.mgrid[y0 : y0 + 2 * half + 1, x0 : x0 + 2 * half + 1].astype(np.float32)
-    dy, dx = yy - cy, xx - cx
-    u = dx * np.cos(theta) + dy * np.sin(theta)
-    v = -dx * np.sin(theta) + dy * np.cos(theta)
-    d_cell = np.sqrt((u / (r_c * ecc)) ** 2 + (v / r_c) ** 2 * ecc)  # 1 at the cell edge
-    d_nuc = np.sqrt((u / (r_n * np.sqrt(ecc))) ** 2 + (v / r_n) ** 2)  # 1 at the nucleus edge
-    nucleus = 1 / (1 + np.exp((d_nuc - 1) * 8))
-    cell = 1 / (1 + np.exp((d_cell - 1) * 6))
-    cyto = cell * (1 - nucleus)
-    shape = yy.shape
-    spots = _spots(
-        rng, shape, u, v, r_n * 0.6, int(rng.poisson(2.5 * np.exp(p[8]))) + 1, r_n * 0.18
-    )
-    g_ang = rng.uniform(0, 2 * np.pi)
-    golgi = _spots(
-        rng,
-        shape,
-        u - np.cos(g_ang) * r_n * 1.25,
-        v - np.sin(g_ang) * r_n * 1.25,
-        r_n * 0.2,
-        1,
-        r_n * 0.35 * np.exp(p[9]),
-    )
-    speckle = rng.random(shape, dtype=np.float32)
-    planes = (
-        nucleus * (0.85 + 0.3 * speckle),
-        cyto * np.exp(-np.maximum(d_cell - 0.3, 0)) * 1.3,
-        np.exp(-(((d_cell - 0.95) / 0.12) ** 2)) + 0.25 * cyto * (speckle > 0.8),
-        0.25 * cyto + nucleus * spots * 2.0,
-        cyto * (speckle > 0.55) * 1.4,
-        golgi * cell * 1.5 + 0.15 * cell,
-    )
-    win = canvas[:, y0 : y0 + 2 * half + 1, x0 : x0 + 2 * half + 1]
-    for c in range(6):
-        win[c] += level[c] * planes[c]
-
-
-def _spots(rng, shape, u, v, spread, n, sigma) -> np.ndarray:
-    out = np.zeros(shape, np.float32)
-    for du, dv in rng.normal(0, spread, (n, 2)):
-        out += np.exp(-((u - du) ** 2 + (v - dv) ** 2) / (2 * sigma**2))
-    return out
-
-
-def _apply_batch(img: np.ndarray, rng: np.random.Generator, batch: Batch) -> np.ndarray:
-    size = img.shape[-1]
-    ax = np.linspace(-1, 1, size, dtype=np.float32)
-    yy, xx = np.meshgrid(ax, ax, indexing="ij")
-    illum = (1 + batch.tilt[0] * xx + batch.tilt[1] * yy) * (
-        1 - batch.vignette * (xx**2 + yy**2) / 2
-    )
-    out = img * illum[None] * batch.gain[:, None, None] + batch.offset[:, None, None]
-    out += rng.normal(0, 1.5, out.shape).astype(np.float32)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+def sirna_phenotypes(spec: Preset, seed: int) -> cellsim.Phenotypes:
+    """The phenotypes of every class id in a screen of this preset."""
+    return cellsim.sirna_phenotypes(spec.strength, spec.n_pathways, seed)
 
 
 # --- writing a dataset ----------------------------------------------------------------------
@@ -431,7 +259,7 @@ def generate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     wells, truth = layout_from(layout_dir, seed) if layout_dir else make_layout(spec, seed)
-    _, pathway = sirna_phenotypes(spec, seed)
+    pathway = sirna_phenotypes(spec, seed).pathway
     jobs = [
         (str(out), spec, seed, exp, plate, group)
         for (exp, plate), group in wells.groupby(["experiment", "plate"])
@@ -457,15 +285,16 @@ def generate(
 
 def _render_plate(job) -> int:
     root, spec, seed, exp, plate, wells = job
-    pheno, _ = sirna_phenotypes(spec, seed)
-    batch = plate_batch(seed, exp, plate)
+    pheno = sirna_phenotypes(spec, seed)
+    batch = cellsim.plate_batch(seed, exp, plate)
     split = wells["split"].iat[0]
     folder = Path(root) / split / exp / f"Plate{plate}"
     folder.mkdir(parents=True, exist_ok=True)
     for well, sirna, ct in zip(wells["well"], wells["sirna"], wells["cell_type"], strict=True):
+        cond = cellsim.well_conditions(seed, exp, plate, well, int(sirna), ct, pheno, batch)
         for site in layout.SITES:
-            rng = _seeded(seed, "site", exp, plate, well, site)
-            img = render_site(rng, spec.image_size, spec.cell_radius, ct, pheno[sirna], batch)
+            rng = cellsim.seeded(seed, "site", exp, plate, well, site)
+            img = cellsim.render_site(rng, spec.image_size, spec.cell_radius, cond, batch)
             for c in layout.CHANNELS:
                 write_png(folder / layout.png_name(well, site, c), img[c - 1])
     return len(wells)

@@ -410,6 +410,8 @@ def _fit(cfg, ctx, st, samples, model, size, out, resume, progress, stop_after_e
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             state = _state(model, opt, sched, epoch + 1, max(best, score), cfg)
+            if cfg.normalisation == "global":  # prediction must use the training pool, not its own
+                state["global_stats"] = torch.from_numpy(train_loader.dataset.stats[0].copy())
             save_checkpoint(ckpt_dir / "last.pt", state)
             if score > best:
                 save_checkpoint(ckpt_dir / "best.pt", state)
