@@ -22,7 +22,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from rcic import baselines, metadata, store, synth

@@ -6,7 +6,7 @@ For each real B02 site in ``shared/rxrx1/images`` (HEPG2, HUVEC, RPE, U2OS), ren
 sites of the same cell type with the generator (plate 1, well B02 of 8 experiments) and compares
 per channel: mean, std, 99th percentile, texture (mean absolute Laplacian of the 1-px smoothed
 image), and the number of nuclei (w1 blobs above a local background). Writes the table to stdout,
-a picture (real | synthetic composites) to docs/synth_vs_real.png and the statistics side by side
+a picture (real | synthetic composites) to docs/synth_vs_real.jpg and the statistics side by side
 to docs/synth_vs_real_stats.png.
 """
 
@@ -110,7 +110,7 @@ def main() -> None:
     picture = np.concatenate(tiles, axis=0)
     Image.fromarray(picture).resize(
         (picture.shape[1] // 2, picture.shape[0] // 2), Image.LANCZOS
-    ).save(args.docs / "synth_vs_real.png")
+    ).save(args.docs / "synth_vs_real.jpg", quality=85)
     _plot(table, args.docs / "synth_vs_real_stats.png")
 
 

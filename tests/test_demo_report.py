@@ -25,7 +25,7 @@ def test_demo_quick_numbers(demo_dir, capsys):
     rcic = table["rcic"]
     # --quick trains 3 epochs on a screen whose labels live in morphology: too few to learn it, so
     # this checks the table, not accuracy (the tiny pipeline test checks that stages add accuracy)
-    assert list(rcic) == ["single model", "ensemble", "plate groups", "assignment"]
+    assert list(rcic) == ["single model", "ensemble", "plate groups", "well decision"]
     assert all(0.0 <= v <= 1.0 for v in rcic.values())
     assert list(table["bronze"]) == ["single model", "plate groups"]
     epochs = {

@@ -53,6 +53,37 @@ def test_group_choice_finds_truth_including_unseen_shift(tiny_screen):
     assert unseen, "the tiny screen has a test experiment with a shift never seen in training"
 
 
+def test_group_posterior_is_sure_with_signal_and_spread_without(tiny_screen):
+    wells, test, labels = _truth(tiny_screen)
+    pg = rules.discover_groups(wells)
+    exps, pls = test.experiment.to_numpy(), test.plate.to_numpy()
+    n_orders = len(pg.candidate_orders())
+    # with signal; and without, calibrated (a large temperature: the model knows it knows nothing)
+    for signal, sure in ((4.0, True), (0.0, False)):
+        t = 1.0 if sure else 50.0
+        lp = plates.treatment_log_probs(_simulated_logits(labels, signal, seed=5), temperature=t)
+        for choice in plates.choose_groups(lp, exps, pls, pg, "loglik").values():
+            assert choice.scores and 0.0 <= choice.posterior <= 1.0
+            post = plates.order_posterior(
+                {
+                    p: plates.group_log_probs(lp[(exps == choice.experiment) & (pls == p)], pg).sum(
+                        0
+                    )
+                    for p in choice.plate_group
+                },
+                pg,
+            )
+            assert sum(post.values()) == pytest.approx(1.0)
+            assert max(post, key=post.get) == tuple(
+                choice.plate_group[p] for p in sorted(choice.plate_group)
+            )
+            if sure:
+                assert choice.posterior > 0.999
+                assert min(choice.plate_posterior.values()) > 0.999
+            else:  # no signal: every candidate order about equally likely
+                assert choice.posterior < 2.0 / n_orders
+
+
 def test_assignment_is_distinct_and_optimal_by_brute_force():
     rng = np.random.default_rng(0)
     for n, m in [(4, 4), (3, 5), (5, 6), (6, 6)]:
@@ -211,3 +242,89 @@ def test_logits_roundtrip(tmp_path):
     f = read_logits(tmp_path / "x.npz")
     assert f["id_code"].tolist() == ids.tolist() and float(f["temperature"]) == 2.0
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_submit_and_evaluate_do_not_import_torch(tiny_screen, tmp_path):
+    """The submission path is numpy/scipy only: `rcic submit` and `rcic evaluate` start fast."""
+    import subprocess
+    import sys
+
+    _, test, labels = _truth(tiny_screen)
+    _write_test_logits(tmp_path / "a.npz", test, _simulated_logits(labels, 2.0))
+    sub, lab = tmp_path / "sub.csv", tiny_screen / "test_labels.csv"
+    code = (
+        "import sys\n"
+        "from rcic import cli\n"
+        f"assert cli.main(['submit', '--logits', r'{tmp_path / 'a.npz'}', '--metadata', "
+        f"r'{tiny_screen}', '--out', r'{sub}', '--labels', r'{lab}']) == 0\n"
+        f"assert cli.main(['evaluate', '--submission', r'{sub}', '--labels', r'{lab}']) == 0\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "torch imported: False" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("method", ["assign", "sinkhorn_assign"])
+def test_one_per_plate_decisions_never_repeat_an_sirna(tiny_screen, method):
+    _, test, labels = _truth(tiny_screen)
+    wells = metadata.wells_of(metadata.load_metadata(tiny_screen))
+    pg = rules.discover_groups(wells)
+    for signal in (0.0, 1.0, 3.0):
+        lp = plates.treatment_log_probs(_simulated_logits(labels, signal, seed=7))
+        post = plates.postprocess(
+            lp, test.experiment.to_numpy(), test.plate.to_numpy(), pg, well_method=method
+        )
+        frame = test[["experiment", "plate"]].assign(sirna=post.stages["assign"])
+        assert not frame.duplicated().any(), (method, signal)
+    assert "one siRNA per well per plate" in plates.WELL_DECISIONS[method]
+    assert "may repeat" in plates.WELL_DECISIONS["sinkhorn"]
+
+
+def _plates_with_signal(signal, scale, m=80, n=76, seed=0):
+    """Two experiments of 4 plates, groups of m siRNAs, n wells a plate: logits scale * (signal *
+    one-hot + N(0, 1)), so the calibrated temperature of log_softmax(logits) is scale / signal."""
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(k * m, (k + 1) * m) for k in range(4)]
+    rows, exps, pls, choices = [], [], [], {}
+    for e in range(2):
+        for p in range(1, 5):
+            g = (p - 1 + e) % 4
+            lab = rng.permutation(groups[g])[:n]
+            z = rng.normal(0, 1, (n, layout.N_TREATMENTS))
+            z[np.arange(n), lab] += signal
+            rows.append(z * scale)
+            exps += [f"E{e}"] * n
+            pls += [p] * n
+        choices[f"E{e}"] = plates.GroupChoice(
+            f"E{e}", {p: (p - 1 + e) % 4 for p in range(1, 5)}, 1.0
+        )
+    pg = rules.PlateGroups(groups, {}, (0, 1, 2, 3), True, {})
+    lp = plates.treatment_log_probs(np.concatenate(rows))
+    return lp, np.array(exps), np.array(pls), choices, pg
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_temperature_from_the_plates_recovers_a_known_one(scale):
+    """Real plate size (groups of 277, 272 wells), a strong model: within 20% of the truth."""
+    signal = 4.0
+    lp, exps, pls, choices, pg = _plates_with_signal(signal, scale, m=277, n=272)
+    cal = plates.estimate_temperature(lp, exps, pls, choices, pg, max_plates=4)
+    true = scale / signal
+    assert cal.temperature == pytest.approx(true, rel=0.2), (cal.temperature, true)
+
+
+def test_submit_calibrates_from_the_plates_only_when_asked_or_needed(tiny_screen, tmp_path):
+    _, test, labels = _truth(tiny_screen)
+    logits = _simulated_logits(labels, 4.0)
+    _write_test_logits(tmp_path / "bare.npz", test, logits)  # no temperature stored
+    kw = {"labels": tiny_screen / "test_labels.csv"}
+    off = submit.run_submit([tmp_path / "bare.npz"], tiny_screen, tmp_path / "a.csv", **kw)
+    assert off.calibration == {"mode": "off"}
+    auto = submit.run_submit(
+        [tmp_path / "bare.npz"], tiny_screen, tmp_path / "b.csv", calibrate="auto", **kw
+    )
+    assert auto.calibration["mode"] == "auto" and auto.calibration["estimate"] > 0
+    assert auto.calibration["used"] == (2e-3 < auto.calibration["estimate"] < 5e2)
+    assert "no fitted temperature" in auto.calibration["reason"] or not auto.calibration["used"]
+    report = json.loads((tmp_path / "stages.json").read_text())
+    assert report["calibration"]["estimate"] == pytest.approx(auto.calibration["estimate"])

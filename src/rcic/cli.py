@@ -325,6 +325,13 @@ def _add_submit(sub) -> None:
         "--stages", default="ensemble,groups,assign", help="comma-separated stages to run"
     )
     p.add_argument("--temperature", type=float, help="override the files' temperatures")
+    p.add_argument(
+        "--calibrate",
+        choices=["off", "on", "auto"],
+        default="off",
+        help="estimate a temperature from the test plates (one siRNA per well per plate): on = use "
+        "it; auto = use it when the files carry none, are several, or disagree with it by more than 2x",
+    )
     p.add_argument("--group-method", choices=GROUP_METHODS, default="loglik")
     p.add_argument("--well-method", choices=WELL_METHODS, default="sinkhorn")
     p.add_argument(
@@ -365,6 +372,7 @@ def cmd_submit(args) -> int:
         labels=args.labels,
         stages=stages,
         temperature=args.temperature,
+        calibrate=args.calibrate,
         group_method=args.group_method,
         well_method=args.well_method,
         sharpen=args.sharpen,
@@ -373,10 +381,24 @@ def cmd_submit(args) -> int:
         label_map=args.label_map,
         reference=args.reference,
     )
+    from rcic.plates import WELL_DECISIONS
+
     print(f"wrote {args.out} ({len(res.submission)} wells)")
-    for exp, choice in res.post.choices.items():
+    cal = res.calibration
+    if cal.get("mode", "off") != "off":
         print(
-            f"  {exp}: groups {[choice.plate_group[p] for p in sorted(choice.plate_group)]}, margin {choice.margin:.2f}"
+            f"temperature from the test plates: {cal['estimate']:.3f} ({cal['plates']} plates, "
+            f"{cal['wells']} wells): {'used' if cal['used'] else 'not used'} ({cal['reason']})"
+        )
+    if "assign" in stages:
+        print(f"well decision ({args.well_method}): {WELL_DECISIONS[args.well_method]}")
+    from rcic.submit import POSTERIOR_FLAG
+
+    for exp, choice in res.post.choices.items():
+        flag = f"  <- unsure (below {POSTERIOR_FLAG})" if choice.posterior < POSTERIOR_FLAG else ""
+        print(
+            f"  {exp}: groups {[choice.plate_group[p] for p in sorted(choice.plate_group)]}, "
+            f"margin {choice.margin:.2f}, P(order) {choice.posterior:.4f}{flag}"
         )
     if res.scores:
         rows = {s: {"overall": t["overall"], **t["cell_type"]} for s, t in res.scores.items()}
@@ -649,13 +671,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from rcic.images import ImageReadError
-    from rcic.store import StoreError
-    from rcic.train import TrainingError
+    from rcic.errors import RcicError
 
     try:
         return args.func(args)
-    except (ValueError, StoreError, TrainingError, ImageReadError, FileNotFoundError) as e:
+    except (RcicError, ValueError, FileNotFoundError) as e:
         print(f"rcic {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import yaml
 
+from rcic.errors import RcicError
+
 NORMALISATIONS = ("plate", "plate_neg", "image", "global")
 HEADS = ("softmax", "arcface", "both")
 
 
-class ConfigError(ValueError):
+class ConfigError(RcicError, ValueError):
     """A configuration key or value is wrong; the message names it."""
 
 

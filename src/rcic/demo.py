@@ -130,7 +130,7 @@ def _score(out: Path, data: Path, logits: dict[str, Path]) -> dict:
         "single model": single.scores["ensemble"],
         "ensemble": ens.scores["ensemble"],
         "plate groups": ens.scores["groups"],
-        "assignment": ens.scores["assign"],
+        "well decision": ens.scores["assign"],
     }
     way = {"single model": bronze.scores["ensemble"], "plate groups": bronze.scores["groups"]}
     return {

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from rcic import layout
+from rcic.errors import ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,6 @@ CHANNEL_RGB = (
 )
 
 _warned_16bit = False
-
-
-class ImageReadError(OSError):
-    """A site's PNG is missing or cannot be decoded; the message names the file."""
 
 
 def site_path(

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from rcic import layout
+from rcic.errors import RcicError
 
 PER_WELL = ("experiment", "plate", "well", "cell_type", "sirna", "well_type", "oof", "embedding")
 
 
-class LogitsError(ValueError):
+class LogitsError(RcicError, ValueError):
     """A logits file breaks the format; the message names the file and the fault."""
 
 

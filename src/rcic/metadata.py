@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from rcic import layout
+from rcic.errors import RcicError
 from rcic.fileio import atomic_csv
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ KAGGLE_FILES = ("train.csv", "test.csv", "train_controls.csv", "test_controls.cs
 NEGATIVE_NAME = "UNTREATED"
 
 
-class MetadataError(ValueError):
+class MetadataError(RcicError, ValueError):
     """A metadata table breaks a rule; the message names the file and rows."""
 
 

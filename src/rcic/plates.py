@@ -36,6 +36,15 @@ log = logging.getLogger(__name__)
 
 GROUP_METHODS = ("vote", "counts", "probsum", "loglik", "joint")
 WELL_METHODS = ("argmax", "assign", "sinkhorn", "sinkhorn_assign")
+# What each well decision is, in words (stages.json, the terminal summary and the report say it).
+WELL_DECISIONS = {
+    "argmax": "per-well argmax within the plate's group (may repeat an siRNA on a plate)",
+    "assign": "one siRNA per well per plate: maximum-likelihood assignment (Hungarian)",
+    "sinkhorn": "expected-accuracy decision: per-well argmax of the one-per-plate marginals "
+    "(Sinkhorn); may repeat an siRNA on a plate",
+    "sinkhorn_assign": "one siRNA per well per plate: assignment maximising the summed "
+    "one-per-plate marginals",
+}
 
 
 def treatment_log_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -56,6 +65,8 @@ class GroupChoice:
     plate_group: dict[int, int]  # plate -> group index
     margin: float  # best score minus the runner-up's (in the method's units)
     scores: dict[tuple[int, ...], float] = field(default_factory=dict)
+    posterior: float = float("nan")  # P(chosen order | wells), see order_posterior
+    plate_posterior: dict[int, float] = field(default_factory=dict)  # P(plate holds its group)
 
 
 def choose_groups(
@@ -73,17 +84,50 @@ def choose_groups(
     out = {}
     for exp in np.unique(experiments):
         sel = experiments == exp
-        plate_scores = {}
+        plate_scores, plate_glp = {}, {}
         for p in np.unique(plates[sel]):
             on = sel & (plates == p)
             plate_scores[int(p)] = _plate_scores(lp[on], glp[on], top[on], pg, method)
+            plate_glp[int(p)] = glp[on].sum(0)
         if method == "vote":
             choice = {p: int(np.argmax(s)) for p, s in plate_scores.items()}
             margins = [np.sort(s)[-1] - np.sort(s)[-2] for s in plate_scores.values()]
             out[str(exp)] = GroupChoice(str(exp), choice, float(min(margins)))
-            continue
-        out[str(exp)] = _best_order(str(exp), plate_scores, pg)
+        else:
+            out[str(exp)] = _best_order(str(exp), plate_scores, pg)
+        _attach_posterior(out[str(exp)], plate_glp, pg)
     return out
+
+
+def order_posterior(
+    plate_glp: dict[int, np.ndarray], pg: PlateGroups
+) -> dict[tuple[int, ...], float]:
+    """P(order | wells) over the candidate orders of one experiment, uniform prior.
+
+    ``plate_glp[p][g]`` is the summed log P(well's siRNA in group g) over plate p's wells: the
+    log-likelihood of the plate holding group g when wells are independent given the group and the
+    probabilities calibrated. Overconfident probabilities (a temperature too small) make this
+    posterior overconfident too.
+    """
+    orders = pg.candidate_orders()
+    ll = np.array(
+        [sum(s[o[p - 1]] for p, s in plate_glp.items() if p - 1 < len(o)) for o in orders]
+    )
+    post = np.exp(ll - logsumexp(ll))
+    return dict(zip(orders, post.tolist(), strict=True))
+
+
+def _attach_posterior(
+    choice: GroupChoice, plate_glp: dict[int, np.ndarray], pg: PlateGroups
+) -> None:
+    post = order_posterior(plate_glp, pg)
+    choice.posterior = float(
+        sum(v for o, v in post.items() if all(o[p - 1] == g for p, g in choice.plate_group.items()))
+    )
+    choice.plate_posterior = {
+        p: float(sum(v for o, v in post.items() if p - 1 < len(o) and o[p - 1] == g))
+        for p, g in choice.plate_group.items()
+    }
 
 
 def _plate_scores(
@@ -229,3 +273,90 @@ def postprocess(
     if "assign" in stages:
         out["assign"] = final
     return PostResult(out, choices, confidence)
+
+
+# --- calibration from the plate structure -----------------------------------------------------
+
+
+@dataclass
+class Calibration:
+    """A temperature estimated from the test plates themselves (:func:`estimate_temperature`)."""
+
+    temperature: float  # divide the log-probabilities by this
+    plates: int  # plates it was estimated on
+    wells: int
+
+
+def _log_perm_bethe(lp: np.ndarray, iterations: int = 60) -> float:
+    """Bethe approximation of log perm(P), P = exp(lp) (rows: wells, columns: siRNAs, n <= m).
+
+    Rows are padded with uniform wells to a square matrix; S is the doubly stochastic Sinkhorn
+    scaling of P, and log perm ~ sum S log P - sum S log S + sum (1 - S) log(1 - S) (the Bethe free
+    energy of the permanent, evaluated at the Sinkhorn point).
+    """
+    n, m = lp.shape
+    if n < m:
+        lp = np.vstack([lp, np.full((m - n, m), -np.log(m))])
+    x = lp.copy()
+    for _ in range(iterations):
+        x -= logsumexp(x, axis=1, keepdims=True)
+        x -= logsumexp(x, axis=0, keepdims=True)
+    s = np.clip(np.exp(x), 1e-300, 1 - 1e-12)
+    return float((s * lp).sum() - (s * np.log(s)).sum() + ((1 - s) * np.log1p(-s)).sum())
+
+
+def estimate_temperature(
+    lp: np.ndarray,
+    experiments: np.ndarray,
+    plates: np.ndarray,
+    choices: dict[str, GroupChoice],
+    pg: PlateGroups,
+    max_plates: int = 4,
+) -> Calibration:
+    """The temperature under which the per-well distributions best explain one siRNA per well per
+    plate: the maximum-likelihood temperature of the plate model.
+
+    Derivation. Let p_T(s | z_w) = softmax(l_w / T) over a plate's group be a well's posterior when
+    its label is uniform over the group, independently of the other wells. Bayes gives the
+    class-conditional density it implies: P_T(z_w | s) = m p_T(s | z_w) P(z_w), with the marginal
+    P(z_w) the same for every T; it is a proper density for every T since, the siRNAs being
+    exchangeable, E[p_T(s | z)] = 1/m. Under the real plate model, the labels are a uniformly drawn
+    one-to-one map sigma from wells to the group, so the plate's likelihood is
+        P_T(Z) = E_sigma[prod_w P_T(z_w | sigma(w))]
+               = prod_w P(z_w) * m^n (m - n)! / m! * perm(P_T),
+    with P_T the (wells x group) matrix of p_T. Only perm(P_T) depends on T: the maximum-likelihood
+    temperature maximises the sum over plates of log perm(P_T), and is consistent when the
+    model's probabilities are calibrated at some T. (Under independent labels the same likelihood
+    does not depend on T at all: the one-per-plate structure is what identifies it.) The permanent
+    is approximated by its Bethe free energy at the Sinkhorn point (:func:`_log_perm_bethe`), and
+    the one-dimensional maximum found by Brent's method on log T.
+
+    Args:
+        lp: per-well log-probabilities over the treatments, at any scale.
+        choices: each plate's group (from :func:`choose_groups`).
+        max_plates: plates to estimate on, spread over the experiments (one number for all).
+    Returns the factor T by which to divide `lp` before a softmax (1.0: calibrated already).
+    """
+    from scipy.optimize import minimize_scalar
+
+    blocks = []
+    for exp, choice in choices.items():
+        for plate, g in sorted(choice.plate_group.items()):
+            sel = np.flatnonzero((experiments == exp) & (plates == plate))
+            if 1 < len(sel) <= len(pg.groups[g]):
+                blocks.append(lp[np.ix_(sel, pg.groups[g])])
+    if not blocks:
+        raise ValueError("estimate_temperature: no plate with fewer wells than its group's siRNAs")
+    pick = np.unique(
+        np.linspace(0, len(blocks) - 1, min(max_plates, len(blocks))).round().astype(int)
+    )
+    blocks = [blocks[i] for i in pick]
+
+    def neg_loglik(log_t: float) -> float:
+        t = np.exp(log_t)
+        return -sum(_log_perm_bethe(log_softmax(b / t, axis=1)) for b in blocks)
+
+    best = minimize_scalar(
+        neg_loglik, bounds=(np.log(1e-3), np.log(1e3)), method="bounded", options={"xatol": 0.02}
+    )
+    return Calibration(float(np.exp(best.x)), len(blocks), int(sum(len(b) for b in blocks)))

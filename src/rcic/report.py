@@ -137,6 +137,11 @@ def stage_tables(stages_path: Path, demo_path: Path | None) -> str:
             "<h3>Accuracy after each stage, with the bronze-medal way beside it</h3>"
             + _table(frame.astype(object).fillna("-"))
         )
+    if report.get("well_decision"):
+        parts.append(
+            f"<p>Well decision of this submission (<code>{html.escape(report['well_method'])}</code>): "
+            f"{html.escape(report['well_decision'])}.</p>"
+        )
     stages = report.get("stages", {})
     if stages:
         per_ct = pd.DataFrame(
@@ -190,7 +195,14 @@ def plate_maps(data: Path, submission: Path, stages_path: Path) -> str:
         exp, p = plate.rsplit("_", 1)
         g = groups[(groups.experiment == exp) & (groups.plate == int(p))] if len(groups) else groups
         title = plate + (
-            f"  group {int(g.group.iloc[0])}, margin {g.margin.iloc[0]:.1f}" if len(g) else ""
+            f"  group {int(g.group.iloc[0])}, margin {g.margin.iloc[0]:.1f}"
+            + (
+                f", P {g.plate_posterior.iloc[0]:.3f}"
+                if "plate_posterior" in g and np.isfinite(g.plate_posterior.iloc[0])
+                else ""
+            )
+            if len(g)
+            else ""
         )
         ax.set_title(title, fontsize=8)
         ax.set_xticks([])

@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rcic import layout
+from rcic.errors import StoreError
 from rcic.fileio import atomic_csv, atomic_text
 from rcic.images import ImageReadError, load_site
 from rcic.metadata import SITE_COLUMNS
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 TODO, PACKED, FAILED = 0, 1, 2
 COMPRESSIONS = ("none", "zstd", "lz4")
 _BATCH = 64
-
-
-class StoreError(RuntimeError):
-    """The store is missing, incomplete or does not match what was asked."""
 
 
 @dataclass

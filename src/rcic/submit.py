@@ -18,11 +18,20 @@ import pandas as pd
 from scipy.special import log_softmax
 
 from rcic import layout
+from rcic.errors import RcicError
 from rcic.fileio import atomic_csv, atomic_text
 from rcic.logitsfile import read_logits
 from rcic.metadata import load_metadata, wells_of
 from rcic.metrics import accuracy_table
-from rcic.plates import SHARPEN, PostResult, group_index, postprocess
+from rcic.plates import (
+    SHARPEN,
+    WELL_DECISIONS,
+    PostResult,
+    choose_groups,
+    estimate_temperature,
+    group_index,
+    postprocess,
+)
 from rcic.rules import PlateGroups, discover_groups
 
 log = logging.getLogger(__name__)
@@ -30,7 +39,7 @@ log = logging.getLogger(__name__)
 STAGES = ("ensemble", "groups", "assign")
 
 
-class SubmissionError(ValueError):
+class SubmissionError(RcicError, ValueError):
     """The inputs cannot make a valid submission; the message says which file and wells."""
 
 
@@ -39,23 +48,26 @@ def combine_logits(
     weights: list[float] | None = None,
     mode: str = "logprob",
     temperature: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Weighted mean of several logits files, each first divided by its own temperature.
 
     Args:
         mode: ``logprob`` averages log-softmax outputs; ``logits`` averages raw (calibrated) logits.
         temperature: override every file's stored temperature.
 
-    Returns (id_code, treatment log-probabilities (N, 1108)), rows sorted by id_code.
+    Returns id_code, treatment log-probabilities (N, 1108) with rows sorted by id_code, and
+    whether every file carried a fitted temperature (or `temperature` was given).
     """
     if mode not in ("logprob", "logits"):
         raise SubmissionError(f"ensemble mode {mode!r}: expected logprob or logits")
     weights = list(weights) if weights else [1.0] * len(paths)
     if len(weights) != len(paths):
         raise SubmissionError(f"{len(weights)} weights for {len(paths)} logits files")
-    ids, total = None, 0.0
+    ids, total, calibrated = None, 0.0, True
     for path, w in zip(paths, weights, strict=True):
         f = read_logits(path)
+        if temperature is None and "temperature" not in f:
+            calibrated = False
         t = temperature or float(f.get("temperature", 1.0))
         order = np.argsort(f["id_code"])
         these = f["id_code"][order]
@@ -70,7 +82,7 @@ def combine_logits(
         z = f["logits"][order, : layout.N_TREATMENTS].astype(np.float64) / t
         total = total + w * (log_softmax(z, axis=1) if mode == "logprob" else z)
     mean = total / sum(weights)
-    return ids, log_softmax(mean, axis=1)
+    return ids, log_softmax(mean, axis=1), calibrated
 
 
 @dataclass
@@ -79,6 +91,7 @@ class SubmitResult:
     post: PostResult
     scores: dict  # stage -> accuracy table (when labels were given)
     groups: pd.DataFrame  # one row per test plate: chosen group, margin, whether right
+    calibration: dict  # what calibrate_plates did
 
 
 def run_submit(
@@ -94,6 +107,7 @@ def run_submit(
     group_method: str = "loglik",
     well_method: str = "sinkhorn",
     sharpen: float = SHARPEN,
+    calibrate: str = "off",
     pseudo_out: str | Path | None = None,
     pseudo_top: float = 0.5,
     label_map=None,
@@ -104,12 +118,15 @@ def run_submit(
     sites = load_metadata(metadata_dir, label_map=label_map, reference=reference)
     wells = wells_of(sites)
     test = _test_wells(metadata_dir, wells)
-    ids, lp = combine_logits(logits, weights, mode, temperature)
+    ids, lp, calibrated = combine_logits(logits, weights, mode, temperature)
     _check_coverage(ids, test, logits)
     order = np.searchsorted(ids, test["id_code"].to_numpy())
     lp = lp[order]
     pg = discover_groups(wells)
     _check_plate_sizes(test, pg)
+    lp, calibration = calibrate_plates(
+        lp, test, pg, calibrate, group_method, stored=calibrated and len(logits) == 1
+    )
     post = postprocess(
         lp,
         test["experiment"].to_numpy(),
@@ -139,13 +156,68 @@ def run_submit(
         "groups": groups.to_dict("records"),
         "group_method": group_method,
         "well_method": well_method,
+        "well_decision": WELL_DECISIONS[well_method],
+        "calibration": calibration,
         "files": [str(p) for p in logits],
         "seconds": time.perf_counter() - t0,
     }
     atomic_text(Path(out).with_name("stages.json"), json.dumps(report, indent=1, default=_jsonable))
     if pseudo_out:
         write_pseudo_labels(pseudo_out, test, post, pseudo_top)
-    return SubmitResult(submission, post, scores, groups)
+    return SubmitResult(submission, post, scores, groups, calibration)
+
+
+CALIBRATE = ("off", "on", "auto")
+
+
+def calibrate_plates(
+    lp: np.ndarray, test: pd.DataFrame, pg: PlateGroups, mode: str, group_method: str, stored: bool
+) -> tuple[np.ndarray, dict]:
+    """Rescale `lp` by a temperature estimated from the test plates (:func:`estimate_temperature`).
+
+    ``off``: keep `lp`. ``on``: always use the estimate. ``auto``: use it when the probabilities
+    carry no fitted temperature of their own (a file without one, or an ensemble of several files)
+    or when the estimate disagrees with the stored one by more than 2x. An estimate at the edge of
+    its search range means the plates carry no information on the temperature; it is not used.
+    Returns the log-probabilities to use and what was done (for stages.json).
+    """
+    if mode not in CALIBRATE:
+        raise SubmissionError(f"calibrate {mode!r}: expected one of {CALIBRATE}")
+    if mode == "off":
+        return lp, {"mode": "off"}
+    exps, plates = test["experiment"].to_numpy(), test["plate"].to_numpy()
+    choices = choose_groups(lp, exps, plates, pg, group_method)
+    cal = estimate_temperature(lp, exps, plates, choices, pg)
+    t = cal.temperature
+    informative = 2e-3 < t < 5e2
+    if mode == "on":
+        use, why = informative, "--calibrate on"
+    elif not stored:
+        use, why = informative, "no fitted temperature (a file without one, or an ensemble)"
+    else:
+        use, why = (
+            informative and abs(np.log(t)) > np.log(2),
+            "the stored temperature is off by more than 2x",
+        )
+    if not informative:
+        why = "the plates carry no information on the temperature (estimate at its bound)"
+    report = {
+        "mode": mode,
+        "estimate": t,
+        "used": bool(use),
+        "reason": why,
+        "plates": cal.plates,
+        "wells": cal.wells,
+    }
+    log.info(
+        "temperature from the plates: %.3f (%d plates, %d wells); %s: %s",
+        t,
+        cal.plates,
+        cal.wells,
+        "used" if use else "not used",
+        why,
+    )
+    return (log_softmax(lp / t, axis=1) if use else lp), report
 
 
 def _test_wells(metadata_dir, wells: pd.DataFrame) -> pd.DataFrame:
@@ -214,6 +286,9 @@ def _read_labels(path, test: pd.DataFrame) -> np.ndarray:
     return labels.fillna(layout.UNKNOWN).astype(int).to_numpy()
 
 
+POSTERIOR_FLAG = 0.99  # experiments whose chosen plate order is less probable than this are flagged
+
+
 def group_report(
     post: PostResult, pg: PlateGroups, test: pd.DataFrame, truth: np.ndarray | None
 ) -> pd.DataFrame:
@@ -222,7 +297,15 @@ def group_report(
     rows = []
     for exp, choice in post.choices.items():
         for plate, g in sorted(choice.plate_group.items()):
-            row = {"experiment": exp, "plate": plate, "group": g, "margin": choice.margin}
+            row = {
+                "experiment": exp,
+                "plate": plate,
+                "group": g,
+                "margin": choice.margin,
+                "order_posterior": choice.posterior,
+                "plate_posterior": choice.plate_posterior.get(plate, float("nan")),
+                "unsure": choice.posterior < POSTERIOR_FLAG,
+            }
             if truth is not None:
                 sel = (
                     (test["experiment"] == exp).to_numpy()

@@ -42,6 +42,7 @@ from rcic.data import (
     mix_batch,
     plate_norm_stats,
 )
+from rcic.errors import TrainingError
 from rcic.inference import autocast, infer
 from rcic.metadata import wells_of
 from rcic.metrics import accuracy_table, treatment_argmax
@@ -49,10 +50,6 @@ from rcic.models import build_model, compute_loss
 from rcic.store import SiteStore, StoreError
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training had to stop (for example the loss became NaN); the message says what to do."""
 
 
 @dataclass

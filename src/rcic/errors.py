@@ -1,0 +1,24 @@
+"""rcic's errors: one base class, importable without torch or any other heavy library.
+
+Every error rcic raises on purpose derives from :class:`RcicError`; the command line reports those
+as one line (with the traceback under ``-v``). Each also derives from the built-in class that fits
+it, so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class RcicError(Exception):
+    """Base class of the errors rcic raises about its input, configuration or state."""
+
+
+class TrainingError(RcicError, RuntimeError):
+    """Training cannot go on (no samples, a non-finite loss, a bad resume)."""
+
+
+class StoreError(RcicError, RuntimeError):
+    """A packed store is missing, incomplete or does not match the metadata."""
+
+
+class ImageReadError(RcicError, OSError):
+    """A PNG that cannot be read as one channel of a site."""
