@@ -41,3 +41,24 @@ def test_console_script_runs(tiny_screen):
     )
     assert out.returncode == 0, out.stderr
     assert "0 problem file(s)" in out.stdout
+
+
+def test_errors_are_one_line_with_traceback_under_verbose(tmp_path, capsys):
+    bad = ["train", "--data", str(tmp_path)]  # no --store, no --out: an rcic error
+    assert cli.main(bad) == 2
+    err = capsys.readouterr().err
+    assert "rcic train: error: train needs --store, --out" in err and "Traceback" not in err
+    assert cli.main(["-v", *bad]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_bug_is_not_hidden_as_a_message(monkeypatch):
+    """Only rcic's own errors become one-line messages: anything else propagates."""
+    from rcic import metadata
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(metadata, "load_metadata", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        cli.main(["check", "."])

@@ -138,3 +138,36 @@ def test_compressed_store_round_trip(tiny_screen, tiny_sites, tiny_store, tmp_pa
     assert z.read(0).shape == (6, 16, 16)
     full = store.SiteStore(tiny_store).read(0).astype(float)
     np.testing.assert_allclose(z.read(0), full.reshape(6, 16, 2, 16, 2).mean(axis=(2, 4)), atol=1)
+
+
+def _broken_copy(tiny_screen, tiny_sites, tmp_path):
+    """The tiny screen with one RGB channel and one site of another size (all six channels)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_screen, data)
+    a, b = tiny_sites.iloc[10], tiny_sites.iloc[30]
+    folder = data / a.split / a.experiment / f"Plate{a.plate}"
+    rgb = folder / layout.png_name(a.well, a.site, 3)
+    grey = np.asarray(Image.open(rgb))
+    Image.fromarray(np.stack([grey, grey // 2, grey], -1)).save(rgb)
+    for c in layout.CHANNELS:
+        p = data / b.split / b.experiment / f"Plate{b.plate}" / layout.png_name(b.well, b.site, c)
+        Image.fromarray(np.asarray(Image.open(p))[:16, :16]).save(p)
+    return data, rgb, b
+
+
+def test_check_images_names_rgb_and_wrong_size_pngs(tiny_screen, tiny_sites, tmp_path, capsys):
+    from rcic import cli
+
+    data, rgb, b = _broken_copy(tiny_screen, tiny_sites, tmp_path)
+    assert cli.main(["check", str(data), "--images", "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert f"{rgb}: a colour image" in out
+    odd = layout.png_name(b.well, b.site, 1)
+    assert f"{odd}: 16x16 pixels, while most sites are 32x32" in out
+
+
+def test_strict_prepare_names_the_files_and_reasons(tiny_screen, tiny_sites, tmp_path):
+    data, rgb, _ = _broken_copy(tiny_screen, tiny_sites, tmp_path)
+    with pytest.raises(store.StoreError) as err:
+        store.pack(data, tiny_sites, tmp_path / "st", workers=1, strict=True)
+    assert f"{rgb}: a colour image" in str(err.value) and "--strict" in str(err.value)

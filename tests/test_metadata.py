@@ -190,3 +190,46 @@ def test_real_plate_facts(real):
     assert all(f.ok for f in rules.check_rules(wells))
     counts = wells[wells.well_type == "treatment"].groupby(["experiment", "plate"]).size()
     assert counts.max() == 277 and counts.min() < 277  # some plates miss wells
+
+
+@pytest.mark.parametrize(
+    "bad_value, shown",
+    [("-1", "-1"), ("3.5", "3.5"), ("sirna_banana", "'sirna_banana'")],
+)
+def test_a_bad_label_is_named_by_value_and_line(tiny_screen, tmp_path, bad_value, shown):
+    """One bad cell in the integer release is an error about that cell, not a change of format."""
+    data = _copy_tables(tiny_screen, tmp_path / "bad")
+    table = pd.read_csv(data / "train.csv", dtype=str)
+    table.loc[3, "sirna"] = bad_value
+    table.to_csv(data / "train.csv", index=False)
+    with pytest.raises(MetadataError) as err:
+        load_metadata(data)
+    msg = str(err.value)
+    assert "train.csv" in msg and "unknown label" in msg and f"5 ({shown})" in msg
+    assert "re-release" not in msg
+
+
+def test_well_and_id_code_errors_show_the_values(tiny_screen, tmp_path):
+    data = _copy_tables(tiny_screen, tmp_path / "bad")
+    table = pd.read_csv(data / "train.csv")
+    table.loc[2, "id_code"] = "X-99_1_B03"
+    table.to_csv(data / "train.csv", index=False)
+    with pytest.raises(MetadataError, match=r"line\(s\) 4 \('X-99_1_B03 \(columns say "):
+        load_metadata(data)
+
+
+def test_binary_file_as_csv_is_named(tiny_screen, tmp_path):
+    data = _copy_tables(tiny_screen, tmp_path / "bad")
+    (data / "train.csv").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    with pytest.raises(MetadataError, match="train.csv: not a text CSV"):
+        load_metadata(data)
+
+
+def test_header_only_train_table_is_the_integer_release(tiny_screen, tmp_path):
+    """A user packing only control wells: train.csv with a header and no rows."""
+    data = _copy_tables(tiny_screen, tmp_path / "bad")
+    header = pd.read_csv(data / "train.csv").iloc[:0]
+    header.to_csv(data / "train.csv", index=False)
+    sites = load_metadata(data)
+    assert (sites[sites.split == "train"].well_type != "treatment").all()
+    assert len(sites[sites.split == "train"])

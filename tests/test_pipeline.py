@@ -132,3 +132,42 @@ def test_pseudo_label_rounds_grow_and_respect_plates(trained, tiny_screen, tiny_
             env["n_train_samples"]
             > json.loads((trained / "env.json").read_text())["n_train_samples"]
         )
+
+
+class _Payload:
+    """Unpickling this would create a file: a checkpoint that runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("kind", ["code", "garbage", "not-rcic"])
+def test_a_checkpoint_that_is_not_one_is_refused_by_name(
+    tiny_screen, tiny_store, tmp_path, capsys, kind
+):
+    import torch
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "last.pt"
+    marker = tmp_path / "ran"
+    if kind == "code":
+        torch.save({"model": _Payload(marker)}, ckpt)
+    elif kind == "garbage":
+        ckpt.write_bytes(b"\x00\x01 this is not a checkpoint" * 10)
+    else:
+        torch.save({"weights": torch.zeros(3)}, ckpt)
+    args = ["predict", "--run", str(run), "--data", str(tiny_screen), "--store", str(tiny_store)]
+    assert (
+        cli.main(
+            [*args, "--split", "test", "--checkpoint", "last", "--out", str(tmp_path / "o.npz")]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "Traceback" not in err
+    assert ("not an rcic checkpoint" if kind == "not-rcic" else "rcic can load safely") in err
+    assert not marker.exists() and not (tmp_path / "o.npz").exists()

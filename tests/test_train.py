@@ -295,3 +295,19 @@ def test_global_normalisation_predicts_with_the_training_pool(tiny_sites, tiny_s
     np.testing.assert_allclose(
         both["logits"][pick][order], alone["logits"][np.argsort(alone["id_code"])], atol=1e-4
     )
+
+
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("lr=abc", "lr", "a number"),
+        ("batch_size=3.5", "batch_size", "a whole number"),
+        ("epochs=ten", "epochs", "a whole number"),
+        ("amp=1", "amp", "true or false"),
+        ("zoom=[0.8, x]", "zoom", "two numbers"),
+    ],
+)
+def test_config_values_are_type_checked(override, key, expected):
+    with pytest.raises(ConfigError) as err:
+        config.load_config(None, [override])
+    assert f"config {key}=" in str(err.value) and expected in str(err.value)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from rcic import layout
+from rcic.errors import InputError
 from rcic.store import SiteStore
 
 FEATURES = ("mean", "std", "p50", "p90", "p99", "foreground", "texture")
@@ -87,7 +88,7 @@ def make_classifier(kind: str, c: float = 1.0):
         return make_pipeline(
             StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
         )
-    raise ValueError(f"classifier {kind!r}: expected logistic or lda")
+    raise InputError(f"classifier {kind!r}: expected logistic or lda")
 
 
 def baseline_accuracy(train: pd.DataFrame, test: pd.DataFrame, kind: str, c: float = 1.0) -> float:

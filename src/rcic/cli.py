@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from rcic.errors import InputError, RcicError
+
 log = logging.getLogger("rcic")
 
 DESCRIPTION = """\
@@ -214,7 +216,7 @@ def cmd_train(args) -> int:
         return 0
     missing = [f"--{k}" for k in ("data", "store", "out") if getattr(args, k) is None]
     if missing:
-        raise ValueError(f"train needs {', '.join(missing)}")
+        raise InputError(f"train needs {', '.join(missing)}")
     cfg = config.load_config(args.config, args.overrides)
     from rcic import metadata, train
 
@@ -362,7 +364,7 @@ def cmd_submit(args) -> int:
     stages = tuple(s.strip() for s in args.stages.split(","))
     unknown = set(stages) - set(submit.STAGES)
     if unknown:
-        raise ValueError(f"--stages: unknown stage(s) {sorted(unknown)}; expected {submit.STAGES}")
+        raise InputError(f"--stages: unknown stage(s) {sorted(unknown)}; expected {submit.STAGES}")
     res = submit.run_submit(
         args.logits,
         args.metadata,
@@ -653,7 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rcic", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -671,11 +675,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from rcic.errors import RcicError
-
     try:
         return args.func(args)
-    except (RcicError, ValueError, FileNotFoundError) as e:
+    except RcicError as e:  # rcic's own errors: one line (the traceback too with -v)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
         print(f"rcic {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -106,8 +106,11 @@ class TrainConfig:
     """auto, cpu or cuda."""
 
     def __post_init__(self):
+        if isinstance(self.sites, int) and not isinstance(self.sites, bool):
+            self.sites = str(self.sites)  # YAML reads `sites: 1` as a number
+        for f in dataclasses.fields(self):
+            _check_type(f.name, f.type, getattr(self, f.name))
         self.zoom = tuple(self.zoom)
-        self.sites = str(self.sites)  # YAML reads `sites: 1` as a number
         checks = [
             (self.head in HEADS, "head", f"one of {HEADS}"),
             (self.normalisation in NORMALISATIONS, "normalisation", f"one of {NORMALISATIONS}"),
@@ -137,6 +140,30 @@ class TrainConfig:
             raise ConfigError(
                 "config ce_weight + arcface_weight must be positive when head is both"
             )
+
+
+def _check_type(key: str, kind: str, value) -> None:
+    """Raise ConfigError unless `value` fits the field's annotation (ints are floats, not bools)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": number,
+        "str": isinstance(value, str),
+        "str | None": value is None or isinstance(value, str),
+        "tuple[float, float]": isinstance(value, list | tuple)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value),
+    }.get(kind, True)
+    if not ok:
+        expected = {
+            "bool": "true or false",
+            "int": "a whole number",
+            "float": "a number",
+            "str": "a string",
+            "str | None": "a string or null",
+            "tuple[float, float]": "a list of two numbers, e.g. [0.8, 1.0]",
+        }[kind]
+        raise ConfigError(f"config {key}={value!r}: expected {expected}")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

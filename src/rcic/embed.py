@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 
 from rcic import layout
+from rcic.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def _units(meta: pd.DataFrame, level: str) -> np.ndarray:
         return (meta["experiment"].astype(str) + "_" + meta["plate"].astype(str)).to_numpy()
     if level == "experiment":
         return meta["experiment"].astype(str).to_numpy()
-    raise ValueError(f"level {level!r}: expected plate or experiment")
+    raise InputError(f"level {level!r}: expected plate or experiment")
 
 
 def _negatives(meta: pd.DataFrame) -> np.ndarray:
@@ -82,7 +83,7 @@ def tvn(
     """
     neg = _negatives(meta)
     if neg.sum() < 3:
-        raise ValueError("tvn needs negative-control wells in the embeddings (at least 3)")
+        raise InputError("tvn needs negative-control wells in the embeddings (at least 3)")
     centred = center_neg(emb, meta, level)
     cov = np.cov(centred[neg], rowvar=False)
     cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
@@ -95,7 +96,7 @@ def align_pos(emb: np.ndarray, meta: pd.DataFrame, level: str = "experiment") ->
     """Shift each unit so its positive-control centroids match the mean over units."""
     pos = (meta["well_type"] == "positive_control").to_numpy()
     if not pos.any():
-        raise ValueError("align_pos needs positive-control wells in the embeddings")
+        raise InputError("align_pos needs positive-control wells in the embeddings")
     units = _units(meta, level)
     labels = meta["sirna"].to_numpy()
     classes = np.unique(labels[pos])
@@ -127,7 +128,7 @@ def correct(
         if step == "none":
             continue
         if step not in _STEPS:
-            raise ValueError(f"correction {step!r}: expected some of {CORRECTIONS}")
+            raise InputError(f"correction {step!r}: expected some of {CORRECTIONS}")
         out = _STEPS[step](out, meta, "experiment" if step == "align_pos" else level)
     return out
 
@@ -178,7 +179,7 @@ def head_logits(head: str, train_emb, train_meta, emb, meta) -> np.ndarray:
         return centroid_logits(train_emb, train_meta, emb, meta)
     if head == "linear":
         return linear_logits(train_emb, train_meta, emb)
-    raise ValueError(f"head {head!r}: expected one of {HEADS}")
+    raise InputError(f"head {head!r}: expected one of {HEADS}")
 
 
 def require_out_of_fold(meta: pd.DataFrame, oof: np.ndarray, what: str) -> None:
@@ -186,7 +187,7 @@ def require_out_of_fold(meta: pd.DataFrame, oof: np.ndarray, what: str) -> None:
     bad = ~np.asarray(oof, bool)
     if bad.any():
         exps = sorted(set(meta.loc[bad, "experiment"]))[:5]
-        raise ValueError(
+        raise InputError(
             f"{what}: {int(bad.sum())} wells (experiments {exps}) were embedded by a model that trained on "
             "them; a head fitted on them would be judged on its own training data. Embed each fold's "
             "held-out experiments with the model of that fold (rcic embed --split FOLD)."

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from rcic import embed, layout
+from rcic.errors import InputError
 from rcic.logitsfile import read_logits, write_logits
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ def load_embeddings(path: str | Path) -> tuple[np.ndarray, pd.DataFrame, dict]:
     f = read_logits(path)
     missing = [k for k in ("embedding", *META) if k not in f]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{path}: not an embedding file (missing {missing}); write one with `rcic embed`"
         )
     meta = pd.DataFrame({k: f[k] for k in META}).assign(
@@ -35,7 +36,7 @@ def _joint(paths: list[Path]) -> tuple[np.ndarray, pd.DataFrame, list[int]]:
     parts = [load_embeddings(p) for p in paths]
     sources = {str(f.get("source", "")) for _, _, f in parts}
     if len(sources) > 1:
-        raise ValueError(
+        raise InputError(
             f"embedding files come from different models {sorted(sources)}: their spaces do not match"
         )
     sizes = [len(m) for _, m, _ in parts]

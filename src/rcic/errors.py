@@ -22,3 +22,11 @@ class StoreError(RcicError, RuntimeError):
 
 class ImageReadError(RcicError, OSError):
     """A PNG that cannot be read as one channel of a site."""
+
+
+class InputError(RcicError, ValueError):
+    """An argument, option or input value rcic cannot use; the message names it."""
+
+
+class MissingFileError(RcicError, FileNotFoundError):
+    """A file or folder rcic needs is not there; the message names it."""

@@ -55,8 +55,11 @@ def read_png(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: file is missing") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot be decoded as PNG ({e})") from None
-    if arr.ndim == 3:  # an RGB(A) export of a grey channel: take the first plane
-        arr = arr[..., 0]
+    if arr.ndim == 3:
+        raise ImageReadError(
+            f"{path}: a colour image ({arr.shape[-1]} planes); each channel of a site must be one "
+            "grey plane (8 or 16 bit)"
+        )
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype in (np.uint16, np.int32, np.uint32) and arr.max(initial=0) <= 65535:
@@ -140,26 +143,50 @@ def scan_sites(
 
     chunks = [(str(root), list(sites[i : i + 256])) for i in range(0, len(sites), 256)]
     problems: list[str] = []
+    shapes: dict[str, tuple[int, int]] = {}
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(chunks) > 1 else None
     results = pool.map(_scan_chunk, chunks) if pool else map(_scan_chunk, chunks)
     try:
         with tqdm(total=len(sites), desc="opening PNGs", unit="site", disable=not progress) as bar:
-            for found, n in results:
+            for found, n, sizes in results:
                 problems += found
+                shapes.update(sizes)
                 bar.update(n)
     finally:
         if pool:
             pool.shutdown()
-    return problems
+    return problems + _odd_sizes(shapes)
 
 
-def _scan_chunk(job) -> tuple[list[str], int]:
+def _odd_sizes(shapes: dict[str, tuple[int, int]]) -> list[str]:
+    """Sites whose size differs from the most common one, named by their first PNG."""
+    if not shapes:
+        return []
+    sizes = list(shapes.values())
+    common = max(set(sizes), key=sizes.count)
+    return [
+        f"{p}: {h}x{w} pixels, while most sites are {common[0]}x{common[1]}"
+        for p, (h, w) in shapes.items()
+        if (h, w) != common
+    ]
+
+
+def _scan_chunk(job) -> tuple[list[str], int, dict]:
     root, sites = job
-    found = []
+    found, shapes = [], {}
     for split, exp, plate, well, site in sites:
+        seen = {}
         for c in layout.CHANNELS:
+            path = site_path(root, split, exp, plate, well, site, c)
             try:
-                read_png(site_path(root, split, exp, plate, well, site, c))
+                seen[str(path)] = read_png(path).shape
             except ImageReadError as e:
                 found.append(str(e))
-    return found, len(sites)
+        if len(set(seen.values())) > 1:
+            found.append(
+                f"{path.parent}/{well}_s{site}: channels differ in size "
+                + ", ".join(f"{Path(p).name} {h}x{w}" for p, (h, w) in seen.items())
+            )
+        elif seen:
+            shapes[str(next(iter(seen)))] = next(iter(seen.values()))
+    return found, len(sites), shapes

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rcic.errors import InputError
+
 ROWS = "BCDEFGHIJKLMNO"
 COLUMNS = tuple(range(2, 24))
 WELLS = tuple(f"{r}{c:02d}" for r in ROWS for c in COLUMNS)
@@ -58,7 +60,7 @@ def parse_id_code(code: str) -> WellId:
     """Split an `id_code` into experiment, plate and well; raise ValueError if malformed."""
     m = _ID_RE.match(code)
     if not m:
-        raise ValueError(f"id_code {code!r} is not of the form EXPERIMENT_PLATE_WELL")
+        raise InputError(f"id_code {code!r} is not of the form EXPERIMENT_PLATE_WELL")
     return WellId(m["experiment"], int(m["plate"]), m["well"])
 
 
@@ -74,7 +76,7 @@ def well_position(well: str) -> tuple[int, int]:
     """(row, column) of a well in the 16x24 grid, both 0-based (A01 -> (0, 0))."""
     m = _WELL_RE.match(well)
     if not m:
-        raise ValueError(f"well {well!r} is not a letter A-P followed by two digits")
+        raise InputError(f"well {well!r} is not a letter A-P followed by two digits")
     return ord(m[1]) - ord("A"), int(m[2]) - 1
 
 

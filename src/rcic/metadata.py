@@ -64,8 +64,12 @@ def detect_format(root: str | Path) -> str:
         raise MetadataError(
             f"{root}: no metadata.csv (rxrx1 v1.0) and no train.csv (Kaggle layout)"
         )
-    labels = pd.read_csv(root / "train.csv", usecols=["sirna"], nrows=50)["sirna"]
-    return "kaggle" if pd.api.types.is_numeric_dtype(labels) else "rerelease"
+    labels = _read_csv(root / "train.csv", ["sirna"], nrows=200)["sirna"].dropna().astype(str)
+    # judged by the values, not by the dtype pandas gives a column (an empty one is "object"):
+    # the re-release's labels are names such as sirna_250 and UNTREATED; one bad cell in an
+    # integer table is an error named later, not a change of format
+    names = ~labels.str.strip().str.fullmatch(r"[+-]?\d+(\.0*)?")
+    return "rerelease" if len(labels) and names.mean() > 0.5 else "kaggle"
 
 
 def load_metadata(
@@ -109,10 +113,16 @@ def wells_of(sites: pd.DataFrame) -> pd.DataFrame:
 # --- Kaggle tables -----------------------------------------------------------------------------
 
 
-def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path, required: list[str], nrows: int | None = None) -> pd.DataFrame:
     try:
-        frame = pd.read_csv(path, dtype={"well": str, "experiment": str, "id_code": str})
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        frame = pd.read_csv(
+            path, dtype={"well": str, "experiment": str, "id_code": str}, nrows=nrows
+        )
+    except UnicodeDecodeError:
+        raise MetadataError(
+            f"{path}: not a text CSV (undecodable bytes; a binary file saved under this name?)"
+        ) from None
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
         raise MetadataError(f"{path}: cannot be read as CSV ({e})") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -207,16 +217,22 @@ def _combine_kaggle(tables: list[_Table]) -> pd.DataFrame:
 
 def _validate_table(table: _Table) -> None:
     f = table.frame
+    raw = f["plate"].to_numpy(copy=True)
     f["plate"] = pd.to_numeric(f["plate"], errors="coerce")
     bad = ~f["plate"].isin(layout.PLATES)
     if bad.any():
-        raise MetadataError(_rows_message(table.path, bad, f"plate must be one of {layout.PLATES}"))
+        raise MetadataError(
+            _rows_message(table.path, bad, f"plate must be one of {layout.PLATES}", raw)
+        )
     f["plate"] = f["plate"].astype(int)
     bad = ~f["well"].map(layout.is_usable_well)
     if bad.any():
         raise MetadataError(
             _rows_message(
-                table.path, bad, "well outside the 308 usable wells (rows B..O, columns 02..23)"
+                table.path,
+                bad,
+                "well outside the 308 usable wells (rows B..O, columns 02..23)",
+                f["well"],
             )
         )
     expected = [
@@ -225,9 +241,10 @@ def _validate_table(table: _Table) -> None:
     ]
     bad = f["id_code"] != np.array(expected, dtype=object)
     if bad.any():
+        pairs = [f"{c} (columns say {e})" for c, e in zip(f["id_code"], expected, strict=True)]
         raise MetadataError(
             _rows_message(
-                table.path, bad, "id_code disagrees with its experiment/plate/well columns"
+                table.path, bad, "id_code disagrees with its experiment/plate/well columns", pairs
             )
         )
     if "sirna" in f:
@@ -241,7 +258,10 @@ def _validate_labels(table: _Table) -> None:
     if bad.any():
         raise MetadataError(
             _rows_message(
-                table.path, bad, f"unknown label (expected an integer 0..{layout.N_CLASSES - 1})"
+                table.path,
+                bad,
+                f"unknown label (expected an integer 0..{layout.N_CLASSES - 1})",
+                f["sirna"],
             )
         )
     f["sirna"] = labels.astype(int)
@@ -271,10 +291,17 @@ def _check_split_overlap(wells: pd.DataFrame) -> None:
         raise MetadataError(f"experiment(s) in both train and test: {both}")
 
 
-def _rows_message(path: Path, bad: pd.Series, what: str) -> str:
-    lines = (np.flatnonzero(bad.to_numpy()) + 2).tolist()  # CSV line numbers (header is line 1)
-    shown = ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
-    return f"{path}: {what}; {len(lines)} row(s), at line(s) {shown}"
+def _rows_message(path: Path, bad: pd.Series, what: str, values=None) -> str:
+    """`path`: what is wrong, with the CSV line numbers (and the values at fault, if given)."""
+    rows = np.flatnonzero(bad.to_numpy())
+    lines = (rows + 2).tolist()  # CSV line numbers (header is line 1)
+    if values is None:
+        shown = ", ".join(map(str, lines[:10]))
+    else:
+        vals = np.asarray(values, dtype=object)[rows]
+        shown = ", ".join(f"{n} ({v!r})" for n, v in zip(lines[:6], vals[:6], strict=False))
+    more = " ..." if len(lines) > (10 if values is None else 6) else ""
+    return f"{path}: {what}; {len(lines)} row(s), at line(s) {shown}{more}"
 
 
 def _expand_sites(wells: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from torch import nn
 from rcic import layout
 from rcic.config import ConfigError, TrainConfig
 from rcic.data import N_CELL_TYPES
+from rcic.errors import InputError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,24 @@ def lite_weights_path(variant: str) -> Path:
     return files[0]
 
 
+def load_torch_file(path: str | Path, what: str = "checkpoint", device="cpu") -> dict:
+    """torch.load with weights_only (no code from the file runs), as a dict; a file that is not
+    one, or would need to run code to load, is refused with an rcic error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such {what}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # pickle, zip, struct or OS errors: all mean "not a file we can read"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"{path}: not a {what} rcic can load safely ({type(e).__name__}: {first[:200]})"
+        ) from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a {what} (holds a {type(state).__name__}, not a dict)")
+    return state
+
+
 def load_backbone_weights(model: RcicModel, path: str | Path, by_order: bool = False) -> None:
     """Load a local weights file into the model (or just its backbone).
 
@@ -177,14 +196,7 @@ def load_backbone_weights(model: RcicModel, path: str | Path, by_order: bool = F
     are matched to the backbone's in order (for files from other EfficientNet implementations).
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as e:  # torch.load raises many kinds (pickle, struct, zip, OS errors) on a bad file
-        raise ConfigError(f"{path}: cannot load weights ({e})") from None
-    if not isinstance(state, dict):
-        raise ConfigError(f"{path}: expected a state dict, found {type(state).__name__}")
+    state = load_torch_file(path, "weights file")
     if "model" in state and isinstance(state["model"], dict):
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
         log.info(

@@ -30,6 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.special import log_softmax, logsumexp
 
 from rcic import layout
+from rcic.errors import InputError
 from rcic.rules import PlateGroups
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def choose_groups(
 ) -> dict[str, GroupChoice]:
     """Choose each experiment's plate groups from per-well treatment log-probabilities."""
     if method not in GROUP_METHODS:
-        raise ValueError(f"group method {method!r}: expected one of {GROUP_METHODS}")
+        raise InputError(f"group method {method!r}: expected one of {GROUP_METHODS}")
     glp = group_log_probs(lp, pg)
     top = group_index(pg)[lp.argmax(1)]
     out = {}
@@ -203,7 +204,7 @@ def decide_plate(
     (benchmarks/results/plates_real.txt).
     """
     if method not in WELL_METHODS:
-        raise ValueError(f"well method {method!r}: expected one of {WELL_METHODS}")
+        raise InputError(f"well method {method!r}: expected one of {WELL_METHODS}")
     n, m = lp_group.shape
     if method == "argmax":
         return lp_group.argmax(1)
@@ -346,7 +347,7 @@ def estimate_temperature(
             if 1 < len(sel) <= len(pg.groups[g]):
                 blocks.append(lp[np.ix_(sel, pg.groups[g])])
     if not blocks:
-        raise ValueError("estimate_temperature: no plate with fewer wells than its group's siRNAs")
+        raise InputError("estimate_temperature: no plate with fewer wells than its group's siRNAs")
     pick = np.unique(
         np.linspace(0, len(blocks) - 1, min(max_plates, len(blocks))).round().astype(int)
     )

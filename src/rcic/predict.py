@@ -22,10 +22,11 @@ from rcic.data import (
     make_folds,
     plate_norm_stats,
 )
+from rcic.errors import InputError
 from rcic.inference import infer, resolve_device
 from rcic.logitsfile import write_logits
 from rcic.metadata import wells_of
-from rcic.models import RcicModel, build_model
+from rcic.models import RcicModel, build_model, load_torch_file
 from rcic.store import SiteStore
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,9 @@ def load_checkpoint(
         if checkpoint not in ("best", "last")
         else Path(run) / "checkpoints" / f"{checkpoint}.pt"
     )
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path, "checkpoint")
+    if not {"model", "config"} <= set(state):
+        raise InputError(f"{path}: not an rcic checkpoint (it has no model and config)")
     values = dict(state["config"])
     values.update(weights=None, pretrained=None)  # the checkpoint holds the weights
     cfg = TrainConfig(**values)
@@ -66,11 +67,11 @@ def split_wells(sites: pd.DataFrame, split: str, cfg: TrainConfig) -> pd.DataFra
     try:
         fold = int(split)
     except ValueError:
-        raise ValueError(f"split {split!r}: expected test, train or a fold number") from None
+        raise InputError(f"split {split!r}: expected test, train or a fold number") from None
     fold_of = make_folds(wells_of(sites), cfg.folds, cfg.seed)
     exps = [e for e, f in fold_of.items() if f == fold]
     if not exps:
-        raise ValueError(
+        raise InputError(
             f"split {split}: fold {fold} holds no experiments (the run has {cfg.folds} folds)"
         )
     return treat[treat["experiment"].isin(exps)]
@@ -95,7 +96,7 @@ def predict_logits(
         combine: ``mean`` of logits, or ``logprob``: mean of log-softmax outputs.
     """
     if combine not in ("mean", "logprob"):
-        raise ValueError(f"combine {combine!r}: expected mean or logprob")
+        raise InputError(f"combine {combine!r}: expected mean or logprob")
     device = torch.device(device)
     st.check_matches(sites)
     rows = st.index.drop(columns=["sirna", "well_type"]).merge(
@@ -133,7 +134,7 @@ def _norm_stats(model, cfg: TrainConfig, st: SiteStore, rows: pd.DataFrame) -> n
         return plate_norm_stats(st, cfg.normalisation, rows)
     pooled = getattr(model, "global_stats", None)
     if pooled is None:
-        raise ValueError(
+        raise InputError(
             "normalisation=global: the checkpoint does not record the training statistics "
             "(written by an older rcic); train the model again"
         )
@@ -169,7 +170,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """Temperature minimising the held-out negative log-likelihood over the treatment classes."""
     known = labels >= 0
     if not known.any():
-        raise ValueError("cannot fit a temperature: no labelled wells")
+        raise InputError("cannot fit a temperature: no labelled wells")
     z = logits[known, : layout.N_TREATMENTS].astype(np.float64)
     y = labels[known]
 

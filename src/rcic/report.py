@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from rcic import layout  # noqa: E402
+from rcic.errors import MissingFileError
 from rcic.images import composite  # noqa: E402
 from rcic.store import SiteStore  # noqa: E402
 
@@ -245,7 +246,7 @@ def build_report(root: str | Path, out: str | Path) -> Path:
     root, out = Path(root), Path(out)
     found = _find(root)
     if not found["runs"] and not found["stages"]:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root}: no run (checkpoints/last.pt) and no stages.json: nothing to report"
         )
     sections = [f"<h1>rcic report: {html.escape(root.name)}</h1>"]

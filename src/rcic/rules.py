@@ -17,6 +17,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from rcic.errors import InputError
+
 PlateKey = tuple[str, int]  # (experiment, plate)
 
 
@@ -68,7 +70,7 @@ def discover_groups(wells: pd.DataFrame) -> PlateGroups:
     """
     treat = wells[(wells["well_type"] == "treatment") & (wells["sirna"] >= 0)]
     if treat.empty:
-        raise ValueError("no labelled treatment wells: cannot discover siRNA groups")
+        raise InputError("no labelled treatment wells: cannot discover siRNA groups")
     plate_keys = list(zip(treat["experiment"], treat["plate"].astype(int), strict=True))
     plate_index = {k: i for i, k in enumerate(dict.fromkeys(plate_keys))}
     sirnas = np.unique(treat["sirna"].to_numpy())

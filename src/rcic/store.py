@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rcic import layout
-from rcic.errors import StoreError
+from rcic.errors import InputError, StoreError
 from rcic.fileio import atomic_csv, atomic_text
 from rcic.images import ImageReadError, load_site
 from rcic.metadata import SITE_COLUMNS
@@ -55,7 +55,7 @@ def _compressors(name: str):
     if name == "none":
         return None
     if name not in COMPRESSIONS:
-        raise ValueError(f"compression {name!r}: expected one of {COMPRESSIONS}")
+        raise InputError(f"compression {name!r}: expected one of {COMPRESSIONS}")
     from zarr.codecs import BloscCodec
 
     return BloscCodec(cname=name, clevel=3, shuffle="bitshuffle")
@@ -94,12 +94,14 @@ def pack(
     failures = _pack_sites(group, data_dir, index, todo, size, workers or os.cpu_count() or 1)
     _write_failed(out, index, failures)
     n_failed = len(failures)
+    first = "; ".join(failures[i] for i in sorted(failures)[:3])
     if n_failed and strict:
         raise StoreError(
-            f"{n_failed} site(s) could not be read (listed in {out / 'failed.csv'}), and --strict was given"
+            f"{n_failed} site(s) could not be read, and --strict was given: {first}"
+            + (f" (all listed in {out / 'failed.csv'})" if n_failed > 3 else "")
         )
     if n_failed == len(index):
-        raise StoreError(f"no site could be read; see {out / 'failed.csv'}")
+        raise StoreError(f"no site could be read: {first} (all listed in {out / 'failed.csv'})")
     write_stats(out)
     _update_meta(out, complete=True, failed=n_failed)
     return PackResult(packed=len(todo) - n_failed, failed=n_failed, skipped=skipped)

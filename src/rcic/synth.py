@@ -21,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from rcic import cellsim, layout, rules
+from rcic.errors import InputError
 from rcic.fileio import atomic_csv, atomic_text
 from rcic.images import write_png
 from rcic.metadata import load_metadata, wells_of
@@ -60,16 +61,16 @@ class Preset:
 
     def __post_init__(self):
         if self.group_size + self.n_positive + 1 > layout.N_WELLS:
-            raise ValueError(
+            raise InputError(
                 f"preset {self.name}: {self.group_size} + {self.n_positive} + 1 wells exceed {layout.N_WELLS}"
             )
         if (
             self.n_groups * self.group_size > layout.N_TREATMENTS
             or self.n_positive > layout.N_POSITIVE
         ):
-            raise ValueError(f"preset {self.name}: more siRNAs than the RxRx1 class ids allow")
+            raise InputError(f"preset {self.name}: more siRNAs than the RxRx1 class ids allow")
         if self.n_groups != len(layout.PLATES):
-            raise ValueError(
+            raise InputError(
                 f"preset {self.name}: n_groups must equal the {len(layout.PLATES)} plates of an experiment"
             )
 
@@ -211,7 +212,7 @@ def layout_from(root: str | Path, seed: int) -> tuple[pd.DataFrame, dict]:
     wells = wells_of(load_metadata(root))
     pg = rules.discover_groups(wells)
     if not pg.cyclic:
-        raise ValueError(f"{root}: training plate orders are not cyclic; cannot fill test plates")
+        raise InputError(f"{root}: training plate orders are not cyclic; cannot fill test plates")
     unseen = sorted(set(range(pg.n_groups)) - {s for s in pg.shifts.values() if s is not None})
     shifts = dict(pg.shifts)
     for i, exp in enumerate(sorted(wells.loc[wells["split"] == "test", "experiment"].unique())):
@@ -220,7 +221,7 @@ def layout_from(root: str | Path, seed: int) -> tuple[pd.DataFrame, dict]:
     for (exp, plate), idx in wells[hidden].groupby(["experiment", "plate"]).groups.items():
         group = pg.groups[rules.shifted(pg.canonical, shifts[exp])[int(plate) - 1]]
         if len(idx) > len(group):
-            raise ValueError(
+            raise InputError(
                 f"{root}: {exp} plate {plate} has {len(idx)} treatment wells, more than its group's {len(group)}"
             )
         wells.loc[idx, "sirna"] = rng.permutation(group)[: len(idx)]

@@ -46,7 +46,7 @@ from rcic.errors import TrainingError
 from rcic.inference import autocast, infer
 from rcic.metadata import wells_of
 from rcic.metrics import accuracy_table, treatment_argmax
-from rcic.models import build_model, compute_loss
+from rcic.models import build_model, compute_loss, load_torch_file
 from rcic.store import SiteStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -520,7 +520,7 @@ def _state(model, opt, sched, epoch: int, best: float, cfg: TrainConfig) -> dict
 def _restore(path: Path, model, opt, sched, ctx: Dist) -> tuple[int, float]:
     if not path.exists():
         raise TrainingError(f"--resume: {path} does not exist; start without --resume")
-    state = torch.load(path, map_location=ctx.device, weights_only=True)
+    state = load_torch_file(path, "checkpoint", ctx.device)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
