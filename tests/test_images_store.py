@@ -171,3 +171,41 @@ def test_strict_prepare_names_the_files_and_reasons(tiny_screen, tiny_sites, tmp
     with pytest.raises(store.StoreError) as err:
         store.pack(data, tiny_sites, tmp_path / "st", workers=1, strict=True)
     assert f"{rgb}: a colour image" in str(err.value) and "--strict" in str(err.value)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped elsewhere), grown by calling the returned function."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+
+    yield mnt, grow
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_full_disk_is_named_and_the_rerun_finishes_the_same_store(
+    tiny_screen, tiny_sites, tiny_store, small_disk
+):
+    mnt, grow = small_disk
+    # uncompressed: the size is known, so prepare refuses before writing
+    with pytest.raises(store.StoreError, match=r"needs about .* MiB but only .* MiB is free"):
+        store.pack(tiny_screen, tiny_sites, mnt / "raw", workers=1)
+    # compressed: the size is not known; the disk fills while packing
+    with pytest.raises(store.StoreError, match=r"the disk is full .* run `rcic prepare` again"):
+        store.pack(tiny_screen, tiny_sites, mnt / "z", workers=1, compression="zstd")
+    grow()
+    store.pack(tiny_screen, tiny_sites, mnt / "z", workers=1, compression="zstd")
+    done, ref = store.SiteStore(mnt / "z"), store.SiteStore(tiny_store)
+    assert done.packed.all()
+    idx = np.arange(len(tiny_sites))
+    assert np.array_equal(done.read_many(idx), ref.read_many(idx))

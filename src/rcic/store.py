@@ -17,9 +17,11 @@ interrupted and started again redoes at most the sites that were in flight.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -91,7 +93,18 @@ def pack(
     skipped = len(index) - len(todo)
     if skipped:
         log.info("resuming %s: %d of %d sites already packed", out, skipped, len(index))
-    failures = _pack_sites(group, data_dir, index, todo, size, workers or os.cpu_count() or 1)
+    if compression == "none":  # the size is known: refuse before writing what cannot fit
+        _check_space(out, len(todo) * len(layout.CHANNELS) * size * size)
+    try:
+        failures = _pack_sites(group, data_dir, index, todo, size, workers or os.cpu_count() or 1)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(out).free
+        raise StoreError(
+            f"{out}: the disk is full ({_mb(free)} free); the sites written so far are kept: free "
+            f"some space and run `rcic prepare` again to finish (it resumes)"
+        ) from None
     _write_failed(out, index, failures)
     n_failed = len(failures)
     first = "; ".join(failures[i] for i in sorted(failures)[:3])
@@ -105,6 +118,22 @@ def pack(
     write_stats(out)
     _update_meta(out, complete=True, failed=n_failed)
     return PackResult(packed=len(todo) - n_failed, failed=n_failed, skipped=skipped)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def _check_space(out: Path, needed: int) -> None:
+    """Raise StoreError naming the store, the space needed and the space free, if it cannot fit."""
+    free = shutil.disk_usage(out).free
+    margin = 1.02 * needed + 2**20  # chunk files have a little overhead
+    if margin > free:
+        raise StoreError(
+            f"{out}: packing needs about {_mb(margin)} but only {_mb(free)} is free on its disk; "
+            "free some space (or choose another --out, a smaller --size, or --compression zstd) and "
+            "run `rcic prepare` again: it resumes where it stopped"
+        )
 
 
 def _native_size(data_dir: Path, index: pd.DataFrame) -> int:
