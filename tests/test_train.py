@@ -10,6 +10,7 @@ import torch
 
 from rcic import config, data, layout, metadata, models, train
 from rcic.config import ConfigError
+from rcic.errors import InputError
 from rcic.store import StoreError
 
 FAST = [
@@ -205,7 +206,7 @@ def test_local_weights_file_with_rgb_stem(tmp_path):
         model.backbone.state_dict()["layer1.0.conv1.weight"],
         rgb.state_dict()["layer1.0.conv1.weight"],
     )
-    with pytest.raises(ConfigError, match="cannot load weights"):
+    with pytest.raises(InputError, match="junk.pth: not a weights file rcic can load safely"):
         (tmp_path / "junk.pth").write_bytes(b"junk")
         models.build_model(_cfg(f"weights={tmp_path / 'junk.pth'}"))
 
