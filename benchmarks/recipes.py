@@ -42,7 +42,7 @@ RECIPES = {
     "softmax only": ["head=softmax"],
     "no control wells": ["use_controls=false"],
     "no cell-type input": ["cell_type_input=false"],
-    "normalisation=plate": ["normalisation=plate"],
+    "normalisation=plate_neg": ["normalisation=plate_neg"],
     "normalisation=image": ["normalisation=image"],
     "normalisation=global": ["normalisation=global"],
 }

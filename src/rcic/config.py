@@ -52,7 +52,7 @@ class TrainConfig:
     # data
     image_size: int = 0
     """Crop size fed to the model; 0: the store's size."""
-    normalisation: str = "plate_neg"
+    normalisation: str = "plate"
     """plate (per-plate channel stats), plate_neg (from negative controls), image (per image) or global."""
     use_controls: bool = True
     """Train on the control wells too (train and test experiments: their labels are public), as 31 extra classes."""
