@@ -53,6 +53,7 @@ def trained(tiny_screen, tiny_store, tmp_path_factory):
         "lr=0.003",
         "deterministic=true",
         "warmup_epochs=0.5",
+        "normalisation=plate_neg",  # the setting these assertions were written for
     ]
     assert cli.main(args) == 0
     return run
