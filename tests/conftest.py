@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,3 +60,20 @@ def trained(tiny_screen, tiny_store, tmp_path_factory):
     ]
     assert cli.main(args) == 0
     return run
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped elsewhere), grown by calling the returned function."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+
+    yield mnt, grow
+    subprocess.run(["umount", str(mnt)], check=False)

@@ -1,7 +1,8 @@
-"""Run by torchrun in test_train.py: one data-parallel gradient step, written by rank 0.
-
-BatchNorm layers use their running statistics (eval mode) so the gradient of a half batch on each
-rank, averaged by DDP, must equal the gradient of the whole batch in one process.
+"""Run by torchrun in test_train.py. Mode ``grad``: one data-parallel gradient step, written by
+rank 0; BatchNorm layers use their running statistics (eval mode) so the gradient of a half batch
+on each rank, averaged by DDP, must equal the gradient of the whole batch in one process. Mode
+``epoch``: the training sites every rank draws in one epoch, and the held-out metrics each rank
+computes from its shard of the validation sites (gathered), written by rank 0.
 """
 
 import sys
@@ -15,9 +16,9 @@ from rcic.models import build_model, compute_loss
 from rcic.store import SiteStore
 
 
-def first_batch_gradient(data, store_path, ctx):
-    cfg = config.TrainConfig(
-        batch_size=16,
+def _cfg(**kw):
+    return config.TrainConfig(
+        **{"batch_size": 16, **kw},
         flips=False,
         zoom=(1.0, 1.0),
         intensity_jitter=0.0,
@@ -25,6 +26,10 @@ def first_batch_gradient(data, store_path, ctx):
         channels_last=False,
         seed=1,
     )
+
+
+def first_batch_gradient(data, store_path, ctx):
+    cfg = _cfg()
     st = SiteStore(store_path)
     samples = train.select_samples(metadata.load_metadata(data), st, cfg)
     loader, _, sampler = train._loaders(cfg, ctx, st, samples, st.size)
@@ -45,15 +50,38 @@ def first_batch_gradient(data, store_path, ctx):
     return grads, rows
 
 
+def one_epoch(data, store_path, ctx, batch_size: int):
+    """(sample indices this rank draws in epoch 0, steps, held-out metrics of a fixed model)."""
+    cfg = _cfg(batch_size=batch_size)
+    st = SiteStore(store_path)
+    samples = train.select_samples(metadata.load_metadata(data), st, cfg)
+    loader, val_loader, sampler = train._loaders(cfg, ctx, st, samples, st.size)
+    sampler.set_epoch(0)
+    drawn = [i for batch in sampler for i in batch]
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    val = train.validate(model, val_loader, BatchTransform(st.size), samples.val_rows, ctx, cfg)
+    return drawn, len(loader), val, len(samples.train_rows)
+
+
 if __name__ == "__main__":
-    data, store_path, out = sys.argv[1:4]
+    mode, data, store_path, out = sys.argv[1:5]
     ctx = train.setup_distributed("cpu")
-    grads, rows = first_batch_gradient(data, store_path, ctx)
+    if mode == "grad":
+        grads, rows = first_batch_gradient(data, store_path, ctx)
+        result = {"grads": grads}
+    else:
+        rows, steps, val, n = one_epoch(data, store_path, ctx, int(sys.argv[5]))
+        result = {"steps": steps, "val": val, "n": n}
     gathered = [None] * ctx.world
     torch.distributed.all_gather_object(gathered, rows)
+    steps = [None] * ctx.world
+    torch.distributed.all_gather_object(steps, result.get("steps"))
     if ctx.main:
-        torch.save(
-            {"grads": grads, "rows": [r for part in gathered for r in part], "world": ctx.world},
-            out,
-        )
+        result |= {
+            "rows": [r for part in gathered for r in part],
+            "world": ctx.world,
+            "all_steps": steps,
+        }
+        torch.save(result, out)
     torch.distributed.destroy_process_group()

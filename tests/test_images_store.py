@@ -1,4 +1,7 @@
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -173,26 +176,6 @@ def test_strict_prepare_names_the_files_and_reasons(tiny_screen, tiny_sites, tmp
     assert f"{rgb}: a colour image" in str(err.value) and "--strict" in str(err.value)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs (root only; skipped elsewhere), grown by calling the returned function."""
-    import os
-    import subprocess
-
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-
-    def grow():
-        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
-
-    yield mnt, grow
-    subprocess.run(["umount", str(mnt)], check=False)
-
-
 def test_full_disk_is_named_and_the_rerun_finishes_the_same_store(
     tiny_screen, tiny_sites, tiny_store, small_disk
 ):
@@ -209,3 +192,62 @@ def test_full_disk_is_named_and_the_rerun_finishes_the_same_store(
     assert done.packed.all()
     idx = np.arange(len(tiny_sites))
     assert np.array_equal(done.read_many(idx), ref.read_many(idx))
+
+
+def test_parts_packed_on_several_machines_equal_one_pass(
+    tiny_screen, tiny_sites, tiny_store, tmp_path
+):
+    out = tmp_path / "st"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rcic.cli", "prepare", str(tiny_screen), "--out", str(out)]
+    # parts 2 and 3 at once, as two machines would (one creates the store, the other waits)
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--part", f"{k}/3", "--workers", "1"], env=env, stderr=subprocess.PIPE
+        )
+        for k in (2, 3)
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    with pytest.raises(store.StoreError, match="did not finish"):
+        store.SiteStore(out)  # part 1 has not run
+    masks = [store.part_mask(tiny_sites.reset_index(drop=True), (k, 3)) for k in (1, 2, 3)]
+    assert np.array_equal(
+        sum(m.astype(int) for m in masks), np.ones(len(tiny_sites))
+    )  # a partition
+    result = store.pack(tiny_screen, tiny_sites, out, workers=1, part=(1, 3))
+    assert result.packed == masks[0].sum()
+    a, b = store.SiteStore(out), store.SiteStore(tiny_store)
+    idx = np.arange(len(tiny_sites))
+    assert np.array_equal(a.read_many(idx), b.read_many(idx))
+    assert a.packed.all()
+    pd.testing.assert_frame_equal(a.stats, b.stats)
+
+
+def test_store_read_through_an_fsspec_url_trains(tiny_screen, tiny_sites, tiny_store, tmp_path):
+    """A store on shared or object storage: opened by URL (here fsspec's in-memory filesystem)."""
+    import fsspec
+
+    from rcic import cli
+
+    fs = fsspec.filesystem("memory")
+    fs.put(str(tiny_store), "/shared/store", recursive=True)
+    remote, local = store.SiteStore("memory://shared/store"), store.SiteStore(tiny_store)
+    idx = np.arange(0, len(local.index), 7)
+    assert np.array_equal(remote.read_many(idx), local.read_many(idx))
+    pd.testing.assert_frame_equal(remote.index, local.index)
+    assert remote.packed.all()
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        "--data",
+        str(tiny_screen),
+        "--store",
+        "memory://shared/store",
+        "--out",
+        str(run),
+    ]
+    assert cli.main([*argv, "epochs=1", "batch_size=32", "embedding_dim=32", "num_workers=1"]) == 0
+    assert (run / "checkpoints" / "last.pt").exists()
+    with pytest.raises(store.StoreError, match="not an rcic store"):
+        store.SiteStore("memory://shared/nothing")

@@ -318,13 +318,49 @@ def test_submit_calibrates_from_the_plates_only_when_asked_or_needed(tiny_screen
     logits = _simulated_logits(labels, 4.0)
     _write_test_logits(tmp_path / "bare.npz", test, logits)  # no temperature stored
     kw = {"labels": tiny_screen / "test_labels.csv"}
-    off = submit.run_submit([tmp_path / "bare.npz"], tiny_screen, tmp_path / "a.csv", **kw)
-    assert off.calibration == {"mode": "off"}
-    auto = submit.run_submit(
-        [tmp_path / "bare.npz"], tiny_screen, tmp_path / "b.csv", calibrate="auto", **kw
+    off = submit.run_submit(
+        [tmp_path / "bare.npz"], tiny_screen, tmp_path / "a.csv", calibrate="off", **kw
     )
+    assert off.calibration == {"mode": "off"}
+    auto = submit.run_submit([tmp_path / "bare.npz"], tiny_screen, tmp_path / "b.csv", **kw)
     assert auto.calibration["mode"] == "auto" and auto.calibration["estimate"] > 0
     assert auto.calibration["used"] == (2e-3 < auto.calibration["estimate"] < 5e2)
     assert "no fitted temperature" in auto.calibration["reason"] or not auto.calibration["used"]
     report = json.loads((tmp_path / "stages.json").read_text())
     assert report["calibration"]["estimate"] == pytest.approx(auto.calibration["estimate"])
+
+
+def test_class_bias_of_an_experiment_is_removed_and_the_estimate_survives_it():
+    """A class raised in every well of an experiment breaks the one-per-plate model; removing each
+    experiment's class means restores the temperature estimate (it hit its bound before)."""
+    signal, scale = 4.0, 1.0
+    lp, exps, pls, choices, pg = _plates_with_signal(signal, scale, m=277, n=272)
+    bias = np.zeros_like(lp)
+    rng = np.random.default_rng(5)
+    for e in np.unique(exps):
+        bias[exps == e] = rng.normal(0, 2.0, lp.shape[1])  # 2 logits: a strong batch effect
+    biased = plates.log_softmax(lp + bias)
+    cleaned = plates.remove_class_bias(biased, exps)
+    assert np.abs(cleaned - plates.remove_class_bias(lp, exps)).max() < 1e-3
+    est = plates.estimate_temperature(cleaned, exps, pls, choices, pg, max_plates=4).temperature
+    assert est == pytest.approx(scale / signal, rel=0.2)
+    raw = plates.estimate_temperature(biased, exps, pls, choices, pg, max_plates=4).temperature
+    assert abs(np.log(raw / (scale / signal))) > abs(np.log(est / (scale / signal)))
+
+
+def test_make_submission_works_in_memory(tiny_screen):
+    """The notebook route: arrays and frames in, a submission and stage scores out, no files."""
+    wells, test, labels = _truth(tiny_screen)
+    lp = plates.treatment_log_probs(_simulated_logits(labels, 4.0), 0.25)
+    pg = rules.discover_groups(wells)
+    res = submit.make_submission(
+        lp, test, pg, submit.SubmitOptions(well_method="assign"), truth=labels
+    )
+    assert list(res.submission.id_code) == list(test.id_code)
+    assert res.scores["assign"]["overall"] >= res.scores["ensemble"]["overall"]
+    for (_, _), sub in res.submission.assign(
+        exp=test.experiment.values, plate=test.plate.values
+    ).groupby(["exp", "plate"]):
+        assert sub.sirna.is_unique
+    with pytest.raises(submit.SubmissionError, match="rows of log-probabilities"):
+        submit.make_submission(lp[:-1], test, pg)

@@ -158,6 +158,12 @@ def _add_prepare(sub) -> None:
         help="none reads fastest; zstd/lz4 trade read speed for disk",
     )
     p.add_argument("--strict", action="store_true", help="fail if any site is unreadable")
+    p.add_argument(
+        "--part",
+        metavar="K/N",
+        help="pack only the plates dealt to part K of N (one part per machine, all into the same "
+        "--out on shared storage); the store is complete when every part has finished",
+    )
     _add_metadata_args(p)
     p.set_defaults(func=cmd_prepare)
 
@@ -174,9 +180,11 @@ def cmd_prepare(args) -> int:
         workers=args.workers,
         compression=args.compression,
         strict=args.strict,
+        part=store.parse_part(args.part) if args.part else None,
     )
     print(
-        f"{args.out}: {result.packed} sites packed, {result.skipped} already there, {result.failed} unreadable"
+        f"{args.out}{' part ' + args.part if args.part else ''}: {result.packed} sites packed, "
+        f"{result.skipped} already there, {result.failed} unreadable"
     )
     return 0
 
@@ -192,7 +200,7 @@ def _add_train(sub) -> None:
         "torchrun --nproc-per-node N -m rcic.cli train ...",
     )
     p.add_argument("--data", type=Path, help="dataset folder (metadata CSVs)")
-    p.add_argument("--store", type=Path, help="packed store of the same dataset (rcic prepare)")
+    p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--config", type=Path, help="YAML config (see configs/)")
     p.add_argument("--out", type=Path, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
@@ -241,7 +249,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--run", type=Path, required=True, help="run folder")
     p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--store", required=True, help=STORE_HELP)
     p.add_argument("--split", default="test", help="test, train or a fold number")
     p.add_argument("--out", type=Path, required=True, help="logits file to write (.npz)")
     p.add_argument(
@@ -296,7 +304,13 @@ def cmd_predict(args) -> int:
 
 
 def _add_submit(sub) -> None:
-    from rcic.plates import GROUP_METHODS, WELL_METHODS
+    from rcic.plates import (
+        CALIBRATE,
+        CALIBRATE_DEFAULT,
+        GROUP_METHODS,
+        SHARPEN,
+        WELL_METHODS,
+    )
 
     p = sub.add_parser(
         "submit",
@@ -329,17 +343,18 @@ def _add_submit(sub) -> None:
     p.add_argument("--temperature", type=float, help="override the files' temperatures")
     p.add_argument(
         "--calibrate",
-        choices=["off", "on", "auto"],
-        default="off",
+        choices=CALIBRATE,
+        default=CALIBRATE_DEFAULT,
         help="estimate a temperature from the test plates (one siRNA per well per plate): on = use "
-        "it; auto = use it when the files carry none, are several, or disagree with it by more than 2x",
+        "it; auto (default) = use it when the files carry none, are several, or disagree with it by "
+        "more than 2x; off = trust the files",
     )
     p.add_argument("--group-method", choices=GROUP_METHODS, default="loglik")
     p.add_argument("--well-method", choices=WELL_METHODS, default="sinkhorn")
     p.add_argument(
         "--sharpen",
         type=float,
-        default=0.5,
+        default=SHARPEN,
         help="sinkhorn decision: balance p ** (1 / SHARPEN); 1 = plain marginals, towards 0 = assignment",
     )
     p.add_argument(
@@ -503,7 +518,7 @@ def _add_embed(sub) -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--store", required=True, help=STORE_HELP)
     p.add_argument("--split", default="test", help="test, train or a fold number")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--views", type=int, default=8, choices=range(1, 9), metavar="1..8")
@@ -613,7 +628,7 @@ def _add_pseudo(sub) -> None:
     )
     p.add_argument("--run", type=Path, required=True, help="trained run to start from")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--store", required=True, help=STORE_HELP)
     p.add_argument("--out", type=Path, required=True, help="folder for the rounds")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.6, 0.9])
     p.add_argument("--epochs", type=int, help="fine-tuning epochs per round (default: the run's)")
@@ -649,6 +664,12 @@ COMMANDS = [
     _add_demo,
     _add_report,
 ]
+
+
+STORE_HELP = (
+    "packed store of the same dataset (rcic prepare): a folder, or an fsspec URL such as "
+    "s3://bucket/store on shared or object storage"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from rcic.errors import RcicError
+from rcic.fileio import atomic_text
 
 NORMALISATIONS = ("plate", "plate_neg", "image", "global")
 HEADS = ("softmax", "arcface", "both")
@@ -212,10 +213,7 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def describe_keys() -> list[tuple[str, str]]:

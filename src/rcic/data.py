@@ -16,16 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from rcic import layout
+from rcic.errors import InputError
 from rcic.store import SiteStore
 
 log = logging.getLogger(__name__)
 
 CELL_TYPE_IDS = {ct: i for i, ct in enumerate(layout.CELL_TYPES)}
-N_CELL_TYPES = len(layout.CELL_TYPES) + 1  # the last id is any other cell type
 
 
 def cell_type_id(cell_type: str) -> int:
-    return CELL_TYPE_IDS.get(cell_type, N_CELL_TYPES - 1)
+    return CELL_TYPE_IDS.get(cell_type, layout.N_CELL_TYPES - 1)
 
 
 def make_folds(wells: pd.DataFrame, n_folds: int, seed: int = 0) -> dict[str, int]:
@@ -262,3 +262,60 @@ def _beta(alpha: float, generator: torch.Generator | None) -> float:
     """A Beta(alpha, alpha) draw that follows the seeded torch generator."""
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of one rank: every sample exactly once per epoch across all ranks, no padding.
+
+    Each epoch the N samples are shuffled (seeded by `seed` and the epoch, the same on every rank)
+    and cut into global batches of `batch_size`; rank r takes its share of each (the shares differ
+    by at most one sample). A last global batch too small to give every rank `min_share` samples
+    is merged into the one before, so every rank runs the same number of steps (which
+    DistributedDataParallel needs) and no sample is dropped or repeated. DDP averages the ranks'
+    gradients, so in a batch whose shares differ a sample of a smaller share weighs a little more.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        world: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        min_share: int = 2,
+    ):
+        if batch_size < world * min_share:
+            raise InputError(
+                f"batch_size={batch_size}: must be at least {min_share} per rank x {world} ranks"
+            )
+        if n < world * min_share:
+            raise InputError(
+                f"{n} training samples: fewer than {min_share} per rank x {world} ranks"
+            )
+        self.n, self.batch_size, self.world, self.rank = n, batch_size, world, rank
+        self.seed, self.shuffle, self.min_share, self.epoch = seed, shuffle, min_share, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _cuts(self) -> list[int]:
+        cuts = list(range(self.batch_size, self.n, self.batch_size))
+        if cuts and self.n - cuts[-1] < self.world * self.min_share:
+            cuts.pop()  # the tail joins the batch before it
+        return cuts
+
+    def global_batches(self) -> list[np.ndarray]:
+        """This epoch's global batches (sample indices), the same on every rank."""
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        return np.split(order, self._cuts())
+
+    def __iter__(self):
+        for batch in self.global_batches():
+            yield np.array_split(batch, self.world)[self.rank].tolist()
+
+    def __len__(self) -> int:
+        return len(self._cuts()) + 1

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import normalize
 
 from rcic import layout
 from rcic.errors import InputError
+
+if TYPE_CHECKING:  # the CLI builds its parser from this module: keep it light
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ HEADS = ("centroid", "linear")
 MISSING_LOGIT = (
     -30.0
 )  # logit of a class a head cannot score (no training wells), finite by the file format
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (zero rows stay zero)."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
 
 
 def _units(meta: pd.DataFrame, level: str) -> np.ndarray:
@@ -145,19 +152,19 @@ def centroid_logits(
 ) -> np.ndarray:
     """Cosine similarity to class centroids of the same cell type (all cell types where it has none)."""
     logits = np.full((len(emb), layout.N_CLASSES), MISSING_LOGIT)
-    x = normalize(emb)
+    x = _unit_rows(emb)
     labels = train_meta["sirna"].to_numpy()
     cts = train_meta["cell_type"].to_numpy()
     for ct in np.unique(meta["cell_type"]):
         rows = (meta["cell_type"] == ct).to_numpy()
         pool = cts == ct if (cts == ct).any() else np.ones(len(cts), bool)
         classes = np.unique(labels[pool])
-        cents = normalize(np.stack([train_emb[pool & (labels == c)].mean(0) for c in classes]))
+        cents = _unit_rows(np.stack([train_emb[pool & (labels == c)].mean(0) for c in classes]))
         logits[np.ix_(rows, classes)] = scale * x[rows] @ cents.T
         # classes seen only in other cell types: their all-cell-type centroids
         rest = np.setdiff1d(np.unique(labels), classes)
         if len(rest):
-            other = normalize(np.stack([train_emb[labels == c].mean(0) for c in rest]))
+            other = _unit_rows(np.stack([train_emb[labels == c].mean(0) for c in rest]))
             logits[np.ix_(rows, rest)] = scale * x[rows] @ other.T
     return logits
 
@@ -166,6 +173,9 @@ def linear_logits(
     train_emb: np.ndarray, train_meta: pd.DataFrame, emb: np.ndarray, c: float = 1.0, seed: int = 0
 ) -> np.ndarray:
     """Multinomial logistic regression on standardised embeddings; unseen classes get MISSING_LOGIT."""
+    # imported here: the CLI builds its parser from this module
+    from sklearn.linear_model import LogisticRegression
+
     mu, sd = train_emb.mean(0), train_emb.std(0) + 1e-6
     model = LogisticRegression(C=c, max_iter=300, random_state=seed)
     model.fit((train_emb - mu) / sd, train_meta["sirna"].to_numpy())
@@ -202,13 +212,15 @@ def sirna_profiles(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-siRNA profiles (mean over experiments of per-experiment means) and their cosine similarity."""
     treat = (meta["well_type"] == "treatment").to_numpy() & (meta["sirna"].to_numpy() >= 0)
+    import pandas as pd
+
     frame = pd.DataFrame(emb[treat]).assign(
         sirna=meta["sirna"].to_numpy()[treat], experiment=meta["experiment"].to_numpy()[treat]
     )
     per_exp = frame.groupby(["sirna", "experiment"]).mean()
     profiles = per_exp.groupby(level="sirna").mean()
     ids = profiles.index.to_numpy()
-    p = normalize(profiles.to_numpy())
+    p = _unit_rows(profiles.to_numpy())
     return ids, profiles.to_numpy(), p @ p.T
 
 

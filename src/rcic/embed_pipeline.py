@@ -11,6 +11,7 @@ import pandas as pd
 
 from rcic import embed, layout
 from rcic.errors import InputError
+from rcic.fileio import atomic_path
 from rcic.logitsfile import read_logits, write_logits
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,11 @@ def write_profiles(
         result["pathway_recall"], result["chance"] = embed.pathway_recall(
             ids, similarity, pathway, k
         )
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(
-        tmp,
-        sirna=ids,
-        profiles=profiles.astype(np.float32),
-        similarity=similarity.astype(np.float32),
-    )
-    tmp.replace(out)
+    with atomic_path(out, ".tmp.npz") as tmp:
+        np.savez(
+            tmp,
+            sirna=ids,
+            profiles=profiles.astype(np.float32),
+            similarity=similarity.astype(np.float32),
+        )
     return result

@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from rcic import layout
 from rcic.errors import ImageReadError
+from rcic.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,20 @@ def read_png(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            mode = im.mode
             arr = np.asarray(im)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file is missing") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot be decoded as PNG ({e})") from None
-    if arr.ndim == 3:
+    if arr.ndim == 3 or mode in ("P", "PA"):
+        kind = (
+            "a palette image"
+            if mode.startswith("P")
+            else f"a colour image ({arr.shape[-1]} planes)"
+        )
         raise ImageReadError(
-            f"{path}: a colour image ({arr.shape[-1]} planes); each channel of a site must be one "
-            "grey plane (8 or 16 bit)"
+            f"{path}: {kind}, mode {mode}; each channel of a site must be one grey plane (8 or 16 bit)"
         )
     if arr.dtype == np.uint8:
         return arr
@@ -82,22 +88,27 @@ def load_site(
     channels: Sequence[int] = layout.CHANNELS,
 ) -> np.ndarray:
     """Load one site as a uint8 array of shape (len(channels), H, W)."""
-    planes = [read_png(site_path(root, split, experiment, plate, well, site, c)) for c in channels]
-    shapes = {p.shape for p in planes}
-    if len(shapes) != 1:
-        where = site_path(root, split, experiment, plate, well, site, channels[0]).parent
-        raise ImageReadError(f"{where}/{well}_s{site}: channels differ in size {sorted(shapes)}")
+    paths = [site_path(root, split, experiment, plate, well, site, c) for c in channels]
+    planes = [read_png(p) for p in paths]
+    if len({p.shape for p in planes}) != 1:
+        raise ImageReadError(_size_mismatch(paths, [p.shape for p in planes]))
     return np.stack(planes)
+
+
+def _size_mismatch(paths: Sequence[Path], shapes: Sequence[tuple[int, int]]) -> str:
+    """The message for a site whose channel PNGs differ in size, naming each file's height x width."""
+    first = Path(paths[0])
+    site = first.name.rsplit("_", 1)[0]
+    sizes = ", ".join(f"{Path(p).name} {h}x{w}" for p, (h, w) in zip(paths, shapes, strict=True))
+    return f"{first.parent}/{site}: channels differ in size (height x width): {sizes}"
 
 
 def write_png(path: str | Path, plane: np.ndarray) -> None:
     """Write one uint8 channel, via a temporary name so no half-written PNG is left behind."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.ascontiguousarray(plane, dtype=np.uint8)).save(
-        tmp, format="PNG", compress_level=1
-    )
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(plane, dtype=np.uint8)).save(
+            tmp, format="PNG", compress_level=1
+        )
 
 
 def intensity_range(site: np.ndarray, low: float = 0.5, high: float = 99.7) -> np.ndarray:
@@ -137,24 +148,21 @@ def scan_sites(
         sites: (split, experiment, plate, well, site) tuples.
         workers: decoding processes.
     """
-    from concurrent.futures import ProcessPoolExecutor
-
     from tqdm import tqdm
+
+    from rcic.parallel import ordered_map
 
     chunks = [(str(root), list(sites[i : i + 256])) for i in range(0, len(sites), 256)]
     problems: list[str] = []
     shapes: dict[str, tuple[int, int]] = {}
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(chunks) > 1 else None
-    results = pool.map(_scan_chunk, chunks) if pool else map(_scan_chunk, chunks)
-    try:
-        with tqdm(total=len(sites), desc="opening PNGs", unit="site", disable=not progress) as bar:
-            for found, n, sizes in results:
-                problems += found
-                shapes.update(sizes)
-                bar.update(n)
-    finally:
-        if pool:
-            pool.shutdown()
+    with (
+        ordered_map(_scan_chunk, chunks, workers) as results,
+        tqdm(total=len(sites), desc="opening PNGs", unit="site", disable=not progress) as bar,
+    ):
+        for found, n, sizes in results:
+            problems += found
+            shapes.update(sizes)
+            bar.update(n)
     return problems + _odd_sizes(shapes)
 
 
@@ -183,10 +191,7 @@ def _scan_chunk(job) -> tuple[list[str], int, dict]:
             except ImageReadError as e:
                 found.append(str(e))
         if len(set(seen.values())) > 1:
-            found.append(
-                f"{path.parent}/{well}_s{site}: channels differ in size "
-                + ", ".join(f"{Path(p).name} {h}x{w}" for p, (h, w) in seen.items())
-            )
+            found.append(_size_mismatch(list(seen), list(seen.values())))
         elif seen:
             shapes[str(next(iter(seen)))] = next(iter(seen.values()))
     return found, len(sites), shapes

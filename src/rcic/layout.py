@@ -37,6 +37,7 @@ N_CLASSES = NEGATIVE_ID + 1  # 1139
 UNKNOWN = -1  # label of a test treatment well
 
 CELL_TYPES = ("HEPG2", "HUVEC", "RPE", "U2OS")
+N_CELL_TYPES = len(CELL_TYPES) + 1  # ids for the model's cell-type input; the last: any other
 WELL_TYPES = ("treatment", "positive_control", "negative_control")
 
 _WELL_RE = re.compile(r"^([A-P])(\d{2})$")

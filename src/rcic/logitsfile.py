@@ -16,13 +16,14 @@ Any tool can write one with ``numpy.savez``; :func:`read_logits` checks it.
 
 from __future__ import annotations
 
-import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from rcic import layout
 from rcic.errors import RcicError
+from rcic.fileio import atomic_path
 
 PER_WELL = ("experiment", "plate", "well", "cell_type", "sirna", "well_type", "oof", "embedding")
 
@@ -34,7 +35,6 @@ class LogitsError(RcicError, ValueError):
 def write_logits(path: str | Path, id_code, logits: np.ndarray, **extra) -> Path:
     """Write a logits file atomically (temporary name, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {
         "id_code": np.asarray(id_code, dtype=str),
         "logits": np.asarray(logits, dtype=np.float32),
@@ -44,9 +44,8 @@ def write_logits(path: str | Path, id_code, logits: np.ndarray, **extra) -> Path
             v = np.asarray(v)
             arrays[k] = v.astype(str) if v.dtype == object else v  # readable without pickle
     _check(arrays, path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, ".tmp.npz") as tmp:
+        np.savez(tmp, **arrays)
     return path
 
 
@@ -56,7 +55,7 @@ def read_logits(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise LogitsError(f"{path}: cannot be read as .npz ({e})") from None
     _check(arrays, path)
     return arrays

@@ -23,7 +23,6 @@ import pandas as pd
 
 from rcic import layout
 from rcic.errors import RcicError
-from rcic.fileio import atomic_csv
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,9 @@ def _read_csv(path: Path, required: list[str], nrows: int | None = None) -> pd.D
         raise MetadataError(
             f"{path}: not a text CSV (undecodable bytes; a binary file saved under this name?)"
         ) from None
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+    except pd.errors.EmptyDataError:
+        raise MetadataError(f"{path}: the file is empty (not even a header row)") from None
+    except (OSError, pd.errors.ParserError, ValueError) as e:
         raise MetadataError(f"{path}: cannot be read as CSV ({e})") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -177,13 +178,6 @@ def derive_label_mapping(named: list[_Table], numbered: list[_Table]) -> dict[st
     return dict(zip(pairs["sirna_name"].astype(str), pairs["sirna_id"].astype(int), strict=True))
 
 
-def write_label_mapping(mapping: dict[str, int], path: str | Path) -> None:
-    frame = pd.DataFrame({"name": list(mapping), "sirna": list(mapping.values())}).sort_values(
-        "sirna"
-    )
-    atomic_csv(frame, Path(path))
-
-
 def _apply_mapping(table: _Table, mapping: dict[str, int]) -> None:
     if "sirna" not in table.frame:
         return
@@ -211,8 +205,13 @@ def _combine_kaggle(tables: list[_Table]) -> pd.DataFrame:
     sources = np.concatenate([[str(t.path)] * len(t.frame) for t in tables])
     _check_duplicates(wells, sources)
     _check_split_overlap(wells)
-    wells["cell_type"] = wells["experiment"].map(layout.cell_type_of)
+    wells["cell_type"] = _cell_types(wells["experiment"])
     return wells
+
+
+def _cell_types(experiments: pd.Series) -> pd.Series:
+    """Cell type of each row, computed once per distinct experiment."""
+    return experiments.map({e: layout.cell_type_of(e) for e in experiments.unique()})
 
 
 def _validate_table(table: _Table) -> None:
@@ -225,7 +224,7 @@ def _validate_table(table: _Table) -> None:
             _rows_message(table.path, bad, f"plate must be one of {layout.PLATES}", raw)
         )
     f["plate"] = f["plate"].astype(int)
-    bad = ~f["well"].map(layout.is_usable_well)
+    bad = ~f["well"].isin(layout.WELLS)
     if bad.any():
         raise MetadataError(
             _rows_message(
@@ -235,11 +234,10 @@ def _validate_table(table: _Table) -> None:
                 f["well"],
             )
         )
-    expected = [
-        layout.id_code(e, p, w)
-        for e, p, w in zip(f["experiment"], f["plate"], f["well"], strict=True)
-    ]
-    bad = f["id_code"] != np.array(expected, dtype=object)
+    expected = (
+        f["experiment"].astype(str) + "_" + f["plate"].astype(str) + "_" + f["well"].astype(str)
+    )
+    bad = f["id_code"] != expected
     if bad.any():
         pairs = [f"{c} (columns say {e})" for c, e in zip(f["id_code"], expected, strict=True)]
         raise MetadataError(
@@ -338,5 +336,5 @@ def _read_rxrx1(path: Path) -> pd.DataFrame:
         raise MetadataError(_rows_message(path, dup, "duplicate site (well_id, site)"))
     keep["well_type"] = keep["sirna"].map(layout.well_type_of)
     _check_split_overlap(keep)
-    keep["cell_type"] = keep["experiment"].map(layout.cell_type_of)
+    keep["cell_type"] = _cell_types(keep["experiment"])
     return keep

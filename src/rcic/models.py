@@ -16,7 +16,6 @@ from torch import nn
 
 from rcic import layout
 from rcic.config import ConfigError, TrainConfig
-from rcic.data import N_CELL_TYPES
 from rcic.errors import InputError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,9 @@ class RcicModel(nn.Module):
             backbone, pretrained=False, in_chans=N_INPUT, num_classes=0, drop_rate=drop_rate
         )
         features = self.backbone.num_features
-        self.cell_embed = nn.Embedding(N_CELL_TYPES, CELL_EMBED_DIM) if cell_type_input else None
+        self.cell_embed = (
+            nn.Embedding(layout.N_CELL_TYPES, CELL_EMBED_DIM) if cell_type_input else None
+        )
         extra = CELL_EMBED_DIM if cell_type_input else 0
         self.neck = nn.Sequential(
             nn.Linear(features + extra, embedding_dim), nn.BatchNorm1d(embedding_dim)

@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from torch.utils.data import DataLoader
 
-from rcic import layout
 from rcic.config import TrainConfig
 from rcic.data import (
     BatchTransform,
@@ -27,6 +25,7 @@ from rcic.inference import infer, resolve_device
 from rcic.logitsfile import write_logits
 from rcic.metadata import wells_of
 from rcic.models import RcicModel, build_model, load_torch_file
+from rcic.plates import fit_temperature
 from rcic.store import SiteStore
 
 log = logging.getLogger(__name__)
@@ -164,21 +163,6 @@ def _per_well(
         np.add.at(emb, inverse, embedding)
         out["embedding"] = emb / counts
     return out
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the held-out negative log-likelihood over the treatment classes."""
-    known = labels >= 0
-    if not known.any():
-        raise InputError("cannot fit a temperature: no labelled wells")
-    z = logits[known, : layout.N_TREATMENTS].astype(np.float64)
-    y = labels[known]
-
-    def nll(log_t: float) -> float:
-        return -log_softmax(z / np.exp(log_t), axis=1)[np.arange(len(y)), y].mean()
-
-    res = minimize_scalar(nll, bounds=(np.log(0.01), np.log(100.0)), method="bounded")
-    return float(np.exp(res.x))
 
 
 def predict_run(

@@ -13,7 +13,6 @@ import html
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +25,7 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 
 from rcic import layout  # noqa: E402
 from rcic.errors import MissingFileError
+from rcic.fileio import atomic_text
 from rcic.images import composite  # noqa: E402
 from rcic.store import SiteStore  # noqa: E402
 
@@ -274,9 +274,7 @@ def build_report(root: str | Path, out: str | Path) -> Path:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>rcic report</title><style>{CSS}</style>"
         f"<script>{CHECK_JS}</script></head><body>{''.join(sections)}</body></html>"
     )
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page)
-    os.replace(tmp, out)
+    atomic_text(out, page)
     log.info("wrote %s (%.1f MiB)", out, out.stat().st_size / 2**20)
     return out
 

@@ -44,9 +44,6 @@ class PlateGroups:
     def n_groups(self) -> int:
         return len(self.groups)
 
-    def group_of_sirna(self) -> dict[int, int]:
-        return {int(s): k for k, g in enumerate(self.groups) for s in g}
-
     def candidate_orders(self) -> list[tuple[int, ...]]:
         """Orders a new experiment may take: every cyclic shift, or every permutation."""
         if self.cyclic:

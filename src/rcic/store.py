@@ -13,17 +13,24 @@ Layout of a store folder::
 
 Packing is resumable: sites are marked packed only after their chunk is written, so a run that is
 interrupted and started again redoes at most the sites that were in flight.
+
+Packing can be split over machines sharing the store's folder: ``pack(..., part=(k, n))`` (``rcic
+prepare --part K/N``) packs the plates dealt to part k of n (plates in sorted order, every n-th).
+Parts write their sites' images into the one `images` array (one chunk per site, so parts never
+write the same file) and their progress into arrays of their own (`state.K-of-N`, `sums.K-of-N`,
+`failed.K-of-N.csv`); the part that finishes last, or any later `rcic prepare` without --part,
+folds them into `state` and `sums`, writes the statistics and marks the store complete.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
 import shutil
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +42,10 @@ from tqdm import tqdm
 
 from rcic import layout
 from rcic.errors import InputError, StoreError
-from rcic.fileio import atomic_csv, atomic_text
-from rcic.images import ImageReadError, load_site
+from rcic.fileio import atomic_csv, atomic_text, make_dir
+from rcic.images import ImageReadError, load_site, site_path
 from rcic.metadata import SITE_COLUMNS
+from rcic.parallel import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,7 @@ def pack(
     workers: int | None = None,
     compression: str = "none",
     strict: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> PackResult:
     """Decode every site listed in `sites` from `data_dir` into the store at `out`.
 
@@ -83,20 +92,26 @@ def pack(
         workers: decoding processes (default: all cores).
         compression: ``none`` (fastest reads), ``zstd`` or ``lz4``.
         strict: raise if any site is unreadable, instead of listing it in ``failed.csv``.
+        part: (k, n), 1 <= k <= n: pack only the plates dealt to part k of n (see the module doc).
     """
     out, data_dir = Path(out), Path(data_dir)
     index = sites[SITE_COLUMNS].reset_index(drop=True).rename_axis("idx").reset_index()
     size = size or _native_size(data_dir, index)
     group = _open_or_create(out, index, size, compression, str(data_dir))
-    state = group["state"][:]
-    todo = np.flatnonzero(state != PACKED)
-    skipped = len(index) - len(todo)
+    if part is None:
+        _fold_parts(out, group, require_all=False)
+    tag = _part_tag(part)
+    state = _known_state(group)
+    todo = np.flatnonzero((state != PACKED) & part_mask(index, part))
+    skipped = int((part_mask(index, part) & (state == PACKED)).sum())
     if skipped:
-        log.info("resuming %s: %d of %d sites already packed", out, skipped, len(index))
+        log.info("resuming %s: %d of %d sites already packed", out, skipped, len(todo) + skipped)
     if compression == "none":  # the size is known: refuse before writing what cannot fit
         _check_space(out, len(todo) * len(layout.CHANNELS) * size * size)
     try:
-        failures = _pack_sites(group, data_dir, index, todo, size, workers or os.cpu_count() or 1)
+        failures = _pack_sites(
+            group, data_dir, index, todo, size, workers or os.cpu_count() or 1, tag
+        )
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
@@ -105,7 +120,7 @@ def pack(
             f"{out}: the disk is full ({_mb(free)} free); the sites written so far are kept: free "
             f"some space and run `rcic prepare` again to finish (it resumes)"
         ) from None
-    _write_failed(out, index, failures)
+    _write_failed(out, index, failures, tag)
     n_failed = len(failures)
     first = "; ".join(failures[i] for i in sorted(failures)[:3])
     if n_failed and strict:
@@ -113,11 +128,78 @@ def pack(
             f"{n_failed} site(s) could not be read, and --strict was given: {first}"
             + (f" (all listed in {out / 'failed.csv'})" if n_failed > 3 else "")
         )
-    if n_failed == len(index):
+    if part is not None:
+        atomic_text(out / f"part.{tag}.done", "")
+        if not _fold_parts(out, group, require_all=True):
+            log.info("%s: part %s done; the store completes when every part is", out, tag)
+            return PackResult(packed=len(todo) - n_failed, failed=n_failed, skipped=skipped)
+    state = group["state"][:]
+    if (state == FAILED).all():
         raise StoreError(f"no site could be read: {first} (all listed in {out / 'failed.csv'})")
     write_stats(out)
-    _update_meta(out, complete=True, failed=n_failed)
+    _update_meta(out, complete=True, failed=int((state == FAILED).sum()))
     return PackResult(packed=len(todo) - n_failed, failed=n_failed, skipped=skipped)
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 1 <= K <= N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise InputError(f"--part {text!r}: expected K/N, e.g. 2/8") from None
+    if not 1 <= k <= n:
+        raise InputError(f"--part {text!r}: K must be between 1 and N")
+    return k, n
+
+
+def part_mask(index: pd.DataFrame, part: tuple[int, int] | None) -> np.ndarray:
+    """Sites of the plates dealt to part (k, n): plates in sorted order, every n-th from the k-th."""
+    if part is None:
+        return np.ones(len(index), bool)
+    k, n = part
+    plates = index[["split", "experiment", "plate"]].astype(str).agg("/".join, axis=1)
+    order = {p: i for i, p in enumerate(sorted(plates.unique()))}
+    return (plates.map(order).to_numpy() % n) == k - 1
+
+
+def _part_tag(part: tuple[int, int] | None) -> str | None:
+    return None if part is None else f"{part[0]}-of-{part[1]}"
+
+
+def _part_tags(group) -> list[str]:
+    return sorted(name[len("state.") :] for name in group.array_keys() if name.startswith("state."))
+
+
+def _known_state(group) -> np.ndarray:
+    """Per site: packed or failed according to the main state or any part's."""
+    state = group["state"][:]
+    for tag in _part_tags(group):
+        done = group[f"state.{tag}"][:]
+        state = np.where(done != TODO, done, state)
+    return state
+
+
+def _fold_parts(out: Path, group, require_all: bool) -> bool:
+    """Fold the parts' progress into `state`, `sums` and failed.csv. With `require_all`, only when
+    every part of the split has finished; returns whether it folded."""
+    tags = _part_tags(group)
+    if not tags:
+        return not require_all
+    if require_all:
+        n = int(tags[0].split("-of-")[1])
+        if not all((out / f"part.{k}-of-{n}.done").exists() for k in range(1, n + 1)):
+            return False
+    state, sums = group["state"][:], group["sums"][:]
+    for tag in tags:
+        done = group[f"state.{tag}"][:]
+        got = done != TODO
+        state[got], sums[got] = done[got], group[f"sums.{tag}"][:][got]
+    group["sums"][:] = sums
+    group["state"][:] = state
+    failed = [pd.read_csv(f) for f in sorted(out.glob("failed.*-of-*.csv"))]
+    if failed:
+        atomic_csv(pd.concat(failed, ignore_index=True).sort_values("idx"), out / "failed.csv")
+    return True
 
 
 def _mb(n: float) -> str:
@@ -138,13 +220,7 @@ def _check_space(out: Path, needed: int) -> None:
 
 def _native_size(data_dir: Path, index: pd.DataFrame) -> int:
     for row in index.itertuples():
-        path = (
-            data_dir
-            / row.split
-            / row.experiment
-            / f"Plate{row.plate}"
-            / layout.png_name(row.well, row.site, 1)
-        )
+        path = site_path(data_dir, row.split, row.experiment, row.plate, row.well, row.site, 1)
         if path.exists():
             with Image.open(path) as im:
                 return im.size[0]
@@ -157,6 +233,10 @@ def _open_or_create(
     out: Path, index: pd.DataFrame, size: int, compression: str, source: str
 ) -> zarr.Group:
     meta_path = out / "store.json"
+    if not meta_path.exists():
+        created = _create_once(out, index, size, compression, source)
+        if created is not None:
+            return created
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         old = pd.read_csv(out / "index.csv")
@@ -171,7 +251,37 @@ def _open_or_create(
                 f"{out} holds a different store (other sites, size or compression); choose another --out or delete it"
             )
         return zarr.open_group(out / "sites.zarr", mode="r+")
-    out.mkdir(parents=True, exist_ok=True)
+    raise StoreError(f"{out}: no store.json after waiting for another rcic prepare to create it")
+
+
+def _create_once(out: Path, index, size, compression, source, wait_s: float = 120.0):
+    """Create the store, unless another process (a part on another machine) is creating it: the
+    first to make the folder OUT/.creating creates; the others wait for store.json (None)."""
+    import time
+
+    make_dir(out)
+    lock = out / ".creating"
+    try:
+        lock.mkdir()
+    except FileExistsError:
+        deadline = time.monotonic() + wait_s
+        while not (out / "store.json").exists():
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"{out}: another rcic prepare began creating this store {wait_s:.0f} s ago and "
+                    f"has not finished; if none is running, remove {lock} and run again"
+                ) from None
+            time.sleep(0.2)
+        return None
+    try:
+        if (out / "store.json").exists():  # created between our check and the lock
+            return None
+        return _create(out, index, size, compression, source)
+    finally:
+        lock.rmdir()
+
+
+def _create(out: Path, index, size, compression, source) -> zarr.Group:
     group = zarr.open_group(out / "sites.zarr", mode="w")
     n, c = len(index), len(layout.CHANNELS)
     group.create_array(
@@ -206,30 +316,43 @@ def _open_or_create(
     return group
 
 
-def _pack_sites(group, data_dir, index, todo, size, workers) -> dict[int, str]:
-    """Decode the `todo` sites in batches; mark each batch done once written. Return failures."""
+def _pack_sites(group, data_dir, index, todo, size, workers, tag=None) -> dict[int, str]:
+    """Decode the `todo` sites in batches; mark each batch done once written (in the part's own
+    progress arrays when `tag` names a part). Return failures."""
+    state_name, sums_name = ("state", "sums") if tag is None else _part_arrays(group, tag)
     batches = [todo[i : i + _BATCH] for i in range(0, len(todo), _BATCH)]
     rows = index[["split", "experiment", "plate", "well", "site"]].to_numpy()
     jobs = [(str(group.store.root), str(data_dir), b, rows[b], size) for b in batches]
     failures: dict[int, str] = {}
-    executor = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
-    results = executor.map(_pack_batch, jobs) if executor else map(_pack_batch, jobs)
-    try:
-        with tqdm(total=len(todo), desc="packing sites", unit="site") as bar:
-            for idx, sums, ok, errors in results:
-                group["sums"][idx[0] : idx[-1] + 1] = _fill(
-                    group["sums"][idx[0] : idx[-1] + 1], idx - idx[0], sums
-                )
-                state = np.where(ok, PACKED, FAILED).astype(np.uint8)
-                group["state"][idx[0] : idx[-1] + 1] = _fill(
-                    group["state"][idx[0] : idx[-1] + 1], idx - idx[0], state
-                )
-                failures.update(errors)
-                bar.update(len(idx))
-    finally:
-        if executor:
-            executor.shutdown(cancel_futures=True)
+    with (
+        ordered_map(_pack_batch, jobs, workers) as results,
+        tqdm(total=len(todo), desc="packing sites", unit="site") as bar,
+    ):
+        for idx, sums, ok, errors in results:
+            span = slice(idx[0], idx[-1] + 1)
+            group[sums_name][span] = _fill(group[sums_name][span], idx - idx[0], sums)
+            state = np.where(ok, PACKED, FAILED).astype(np.uint8)
+            group[state_name][span] = _fill(group[state_name][span], idx - idx[0], state)
+            failures.update(errors)
+            bar.update(len(idx))
     return failures
+
+
+def _part_arrays(group, tag: str) -> tuple[str, str]:
+    """The progress arrays of one part (created on its first run)."""
+    n, c = group["state"].shape[0], len(layout.CHANNELS)
+    if f"state.{tag}" not in group:
+        group.create_array(
+            f"sums.{tag}",
+            shape=(n, c, 2),
+            chunks=group["sums"].chunks,
+            dtype="float64",
+            fill_value=0.0,
+        )
+        group.create_array(
+            f"state.{tag}", shape=(n,), chunks=group["state"].chunks, dtype="uint8", fill_value=TODO
+        )
+    return f"state.{tag}", f"sums.{tag}"
 
 
 def _fill(block: np.ndarray, where: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -264,11 +387,13 @@ def _resize(site: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-def _write_failed(out: Path, index: pd.DataFrame, failures: dict[int, str]) -> None:
+def _write_failed(
+    out: Path, index: pd.DataFrame, failures: dict[int, str], tag: str | None = None
+) -> None:
     frame = index.loc[sorted(failures), ["idx", "id_code", "site"]].assign(
         reason=[failures[i] for i in sorted(failures)]
     )
-    atomic_csv(frame, out / "failed.csv")
+    atomic_csv(frame, out / ("failed.csv" if tag is None else f"failed.{tag}.csv"))
     for i in sorted(failures)[:10]:
         log.warning("unreadable site left out: %s", failures[i])
     if len(failures) > 10:
@@ -309,25 +434,64 @@ def _update_meta(out: Path, **fields) -> None:
     atomic_text(out / "store.json", json.dumps(meta, indent=1))
 
 
-class SiteStore:
-    """Read access to a packed store; safe to use from DataLoader worker processes."""
+def is_url(location: str | Path) -> bool:
+    """A store location given as an fsspec URL (``s3://``, ``gs://``, ``memory://``, ...)."""
+    return "://" in str(location)
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        meta_path = self.path / "store.json"
-        if not meta_path.exists():
+
+class SiteStore:
+    """Read access to a packed store; safe to use from DataLoader worker processes.
+
+    `location` is the store's folder, or an fsspec URL of one on shared or object storage
+    (``s3://bucket/rxrx1-store``, ``gs://...``; the filesystem's package, such as s3fs or gcsfs,
+    must be installed, and credentials come from the environment as fsspec reads them). The store
+    is read there directly: images through zarr's fsspec store, tables once at opening.
+    """
+
+    def __init__(self, location: str | Path):
+        self.url = str(location).rstrip("/") if is_url(location) else None
+        self.path = self.url or Path(location)
+        if not self._exists("store.json"):
             raise StoreError(
                 f"{self.path}: not an rcic store (no store.json); run `rcic prepare` first"
             )
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = json.loads(self._read("store.json"))
         if not self.meta.get("complete"):
             raise StoreError(
                 f"{self.path}: packing did not finish; run `rcic prepare` again to resume it"
             )
-        self.index = pd.read_csv(self.path / "index.csv", dtype={"well": str})
-        self.stats = pd.read_csv(self.path / "stats.csv")
+        self.index = pd.read_csv(io.BytesIO(self._read("index.csv")), dtype={"well": str})
+        self.stats = pd.read_csv(io.BytesIO(self._read("stats.csv")))
         self._images = None
         self._state = None
+
+    def _exists(self, name: str) -> bool:
+        if self.url is None:
+            return (self.path / name).exists()
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as e:  # an unknown protocol, or its package is missing
+            raise StoreError(f"{self.url}: cannot open this URL ({e})") from None
+        return fs.exists(f"{root}/{name}")
+
+    def _read(self, name: str) -> bytes:
+        if self.url is None:
+            return (self.path / name).read_bytes()
+        import fsspec
+
+        with fsspec.open(f"{self.url}/{name}", "rb") as f:
+            return f.read()
+
+    def _group(self):
+        if self.url is None:
+            return zarr.open_group(self.path / "sites.zarr", mode="r")
+        from zarr.storage import FsspecStore
+
+        return zarr.open_group(
+            store=FsspecStore.from_url(f"{self.url}/sites.zarr", read_only=True), mode="r"
+        )
 
     @property
     def size(self) -> int:
@@ -335,7 +499,7 @@ class SiteStore:
 
     def _arrays(self):
         if self._images is None:  # opened lazily, so each worker process opens its own
-            group = zarr.open_group(self.path / "sites.zarr", mode="r")
+            group = self._group()
             self._images, self._state = group["images"], group["state"][:]
         return self._images, self._state
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import log_softmax
 
 from rcic import layout
 from rcic.errors import RcicError
@@ -24,13 +23,17 @@ from rcic.logitsfile import read_logits
 from rcic.metadata import load_metadata, wells_of
 from rcic.metrics import accuracy_table
 from rcic.plates import (
+    CALIBRATE,
+    CALIBRATE_DEFAULT,
     SHARPEN,
     WELL_DECISIONS,
     PostResult,
     choose_groups,
     estimate_temperature,
     group_index,
+    log_softmax,
     postprocess,
+    remove_class_bias,
 )
 from rcic.rules import PlateGroups, discover_groups
 
@@ -60,6 +63,8 @@ def combine_logits(
     """
     if mode not in ("logprob", "logits"):
         raise SubmissionError(f"ensemble mode {mode!r}: expected logprob or logits")
+    if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
+        raise SubmissionError(f"temperature {temperature}: must be a positive number")
     weights = list(weights) if weights else [1.0] * len(paths)
     if len(weights) != len(paths):
         raise SubmissionError(f"{len(weights)} weights for {len(paths)} logits files")
@@ -79,19 +84,79 @@ def combine_logits(
             raise SubmissionError(
                 f"{path} covers other wells than {paths[0]}: missing {only_a}, extra {only_b}"
             )
-        z = f["logits"][order, : layout.N_TREATMENTS].astype(np.float64) / t
-        total = total + w * (log_softmax(z, axis=1) if mode == "logprob" else z)
-    mean = total / sum(weights)
-    return ids, log_softmax(mean, axis=1), calibrated
+        z = np.asarray(f["logits"][order, : layout.N_TREATMENTS], dtype=np.float32)
+        z /= np.float32(t)
+        if mode == "logprob":
+            z = log_softmax(z, copy=False)
+        if len(paths) == 1:
+            return ids, (z if mode == "logprob" else log_softmax(z, copy=False)), calibrated
+        total = total + np.float32(w) * z
+    return ids, log_softmax(total / np.float32(sum(weights)), copy=False), calibrated
+
+
+@dataclass
+class SubmitOptions:
+    """How `make_submission` turns per-well log-probabilities into one siRNA per well."""
+
+    group_method: str = "loglik"
+    well_method: str = "sinkhorn"
+    sharpen: float = SHARPEN
+    calibrate: str = CALIBRATE_DEFAULT
+    stages: tuple[str, ...] = STAGES
 
 
 @dataclass
 class SubmitResult:
-    submission: pd.DataFrame
+    submission: pd.DataFrame  # id_code, sirna in the order of the well table
     post: PostResult
     scores: dict  # stage -> accuracy table (when labels were given)
     groups: pd.DataFrame  # one row per test plate: chosen group, margin, whether right
     calibration: dict  # what calibrate_plates did
+    options: SubmitOptions | None = None
+
+
+def make_submission(
+    lp: np.ndarray,
+    test: pd.DataFrame,
+    pg: PlateGroups,
+    options: SubmitOptions | None = None,
+    *,
+    stored_temperature: bool = False,
+    truth: np.ndarray | None = None,
+) -> SubmitResult:
+    """The plate stages in memory: no files read or written.
+
+    Args:
+        lp: per-well treatment log-probabilities (N, 1108), row i for well i of `test`.
+        test: the wells: ``id_code``, ``experiment``, ``plate`` (and ``cell_type`` for scores).
+        pg: the plate groups and orders (:func:`rcic.rules.discover_groups` of the metadata).
+        stored_temperature: `lp` was calibrated with a fitted temperature (guards ``auto``).
+        truth: siRNA of each well (-1 unknown), to score each stage.
+    """
+    options = options or SubmitOptions()
+    if len(lp) != len(test):
+        raise SubmissionError(f"{len(lp)} rows of log-probabilities for {len(test)} wells")
+    exps, plates = test["experiment"].to_numpy(), test["plate"].to_numpy()
+    raw_argmax = lp.argmax(1)
+    lp, calibration = calibrate_plates(
+        lp, test, pg, options.calibrate, options.group_method, stored=stored_temperature
+    )
+    post = postprocess(
+        lp, exps, plates, pg, options.group_method, options.well_method, options.stages,
+        options.sharpen,
+    )  # fmt: skip
+    post.stages["ensemble"] = raw_argmax  # the models' own answer, before any plate stage
+    final = post.stages[[s for s in STAGES if s in post.stages][-1]]
+    submission = pd.DataFrame({"id_code": test["id_code"].to_numpy(), "sirna": final.astype(int)})
+    scores = {}
+    if truth is not None:
+        scored = test.assign(sirna=truth)
+        scores = {
+            s: accuracy_table(scored, p, by=("cell_type", "experiment"))
+            for s, p in post.stages.items()
+        }
+    groups = group_report(post, pg, test, truth)
+    return SubmitResult(submission, post, scores, groups, calibration, options)
 
 
 def run_submit(
@@ -102,72 +167,47 @@ def run_submit(
     weights=None,
     mode: str = "logprob",
     labels: str | Path | None = None,
-    stages=STAGES,
     temperature: float | None = None,
-    group_method: str = "loglik",
-    well_method: str = "sinkhorn",
-    sharpen: float = SHARPEN,
-    calibrate: str = "off",
+    options: SubmitOptions | None = None,
     pseudo_out: str | Path | None = None,
     pseudo_top: float = 0.5,
     label_map=None,
     reference=None,
+    **option_fields,
 ) -> SubmitResult:
-    """Ensemble, choose plate groups, assign, check and write `out` (and `stages.json` beside it)."""
+    """Read the logits files and metadata, :func:`make_submission`, check and write `out` (and
+    `stages.json` beside it). Keyword arguments named like SubmitOptions' fields override
+    `options`."""
     t0 = time.perf_counter()
+    options = replace(options or SubmitOptions(), **option_fields)
     sites = load_metadata(metadata_dir, label_map=label_map, reference=reference)
     wells = wells_of(sites)
     test = _test_wells(metadata_dir, wells)
     ids, lp, calibrated = combine_logits(logits, weights, mode, temperature)
     _check_coverage(ids, test, logits)
-    order = np.searchsorted(ids, test["id_code"].to_numpy())
-    lp = lp[order]
+    lp = lp[np.searchsorted(ids, test["id_code"].to_numpy())]
     pg = discover_groups(wells)
     _check_plate_sizes(test, pg)
-    lp, calibration = calibrate_plates(
-        lp, test, pg, calibrate, group_method, stored=calibrated and len(logits) == 1
-    )
-    post = postprocess(
-        lp,
-        test["experiment"].to_numpy(),
-        test["plate"].to_numpy(),
-        pg,
-        group_method,
-        well_method,
-        stages,
-        sharpen,
-    )
-    final = post.stages[[s for s in STAGES if s in post.stages][-1]]
-    submission = pd.DataFrame({"id_code": test["id_code"].to_numpy(), "sirna": final.astype(int)})
-    validate_submission(submission, metadata_dir)
-    atomic_csv(submission, Path(out))
     truth = _read_labels(labels, test) if labels else None
-    scores = (
-        {
-            s: accuracy_table(test.assign(sirna=truth), p, by=("cell_type", "experiment"))
-            for s, p in post.stages.items()
-        }
-        if truth is not None
-        else {}
+    res = make_submission(
+        lp, test, pg, options, stored_temperature=calibrated and len(logits) == 1, truth=truth
     )
-    groups = group_report(post, pg, test, truth)
+    validate_submission(res.submission, metadata_dir)
+    atomic_csv(res.submission, Path(out))
     report = {
-        "stages": scores,
-        "groups": groups.to_dict("records"),
-        "group_method": group_method,
-        "well_method": well_method,
-        "well_decision": WELL_DECISIONS[well_method],
-        "calibration": calibration,
+        "stages": res.scores,
+        "groups": res.groups.to_dict("records"),
+        "group_method": options.group_method,
+        "well_method": options.well_method,
+        "well_decision": WELL_DECISIONS[options.well_method],
+        "calibration": res.calibration,
         "files": [str(p) for p in logits],
         "seconds": time.perf_counter() - t0,
     }
     atomic_text(Path(out).with_name("stages.json"), json.dumps(report, indent=1, default=_jsonable))
     if pseudo_out:
-        write_pseudo_labels(pseudo_out, test, post, pseudo_top)
-    return SubmitResult(submission, post, scores, groups, calibration)
-
-
-CALIBRATE = ("off", "on", "auto")
+        write_pseudo_labels(pseudo_out, test, res.post, pseudo_top)
+    return res
 
 
 def calibrate_plates(
@@ -186,8 +226,11 @@ def calibrate_plates(
     if mode == "off":
         return lp, {"mode": "off"}
     exps, plates = test["experiment"].to_numpy(), test["plate"].to_numpy()
-    choices = choose_groups(lp, exps, plates, pg, group_method)
-    cal = estimate_temperature(lp, exps, plates, choices, pg)
+    # estimated on class-bias-free log-probabilities: a class raised across a whole experiment
+    # breaks the one-per-plate model the estimate rests on (and drove it to its bound)
+    unbiased = remove_class_bias(lp, exps)
+    choices = choose_groups(unbiased, exps, plates, pg, group_method)
+    cal = estimate_temperature(unbiased, exps, plates, choices, pg)
     t = cal.temperature
     informative = 2e-3 < t < 5e2
     if mode == "on":
@@ -217,7 +260,7 @@ def calibrate_plates(
         "used" if use else "not used",
         why,
     )
-    return (log_softmax(lp / t, axis=1) if use else lp), report
+    return (log_softmax(lp / np.float32(t)) if use else lp), report
 
 
 def _test_wells(metadata_dir, wells: pd.DataFrame) -> pd.DataFrame:
@@ -274,10 +317,35 @@ def validate_submission(submission: pd.DataFrame, metadata_dir) -> None:
         raise SubmissionError(f"submission sirna must be integers 0..{layout.N_TREATMENTS - 1}")
 
 
-def _read_labels(path, test: pd.DataFrame) -> np.ndarray:
-    frame = pd.read_csv(path)
+def read_id_sirna(path: str | Path, what: str) -> pd.DataFrame:
+    """Read a CSV of id_code,sirna (a submission or labels): integer siRNAs, each well once; a
+    fault raises SubmissionError naming the file and the first offending rows."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: no such {what} file")
+    try:
+        frame = pd.read_csv(path, dtype={"id_code": str})
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise SubmissionError(f"{path}: cannot be read as a CSV {what} ({e})") from None
     if not {"id_code", "sirna"} <= set(frame.columns):
-        raise SubmissionError(f"{path}: labels need columns id_code,sirna")
+        raise SubmissionError(
+            f"{path}: a {what} needs columns id_code,sirna; found {list(frame.columns)}"
+        )
+    sirna = pd.to_numeric(frame["sirna"], errors="coerce")
+    bad = sirna.isna() | (sirna % 1 != 0) | (sirna < 0)
+    if bad.any():
+        rows = [f"line {i + 2}: {v!r}" for i, v in frame.loc[bad, "sirna"].head(3).items()]
+        raise SubmissionError(f"{path}: sirna must be a non-negative integer; {', '.join(rows)}")
+    dup = frame["id_code"].duplicated()
+    if dup.any():
+        raise SubmissionError(
+            f"{path}: id_code listed twice: {frame.id_code[dup].head(3).tolist()}"
+        )
+    return frame.assign(sirna=sirna.astype(int))
+
+
+def _read_labels(path, test: pd.DataFrame) -> np.ndarray:
+    frame = read_id_sirna(path, "labels")
     labels = test["id_code"].map(frame.set_index("id_code")["sirna"])
     if labels.isna().any():
         log.warning(
@@ -343,12 +411,13 @@ def write_pseudo_labels(path, test: pd.DataFrame, post: PostResult, top: float) 
 
 def evaluate(submission: str | Path, labels: str | Path) -> dict:
     """Accuracy of a submission overall, per cell type, per experiment and per plate."""
-    sub = pd.read_csv(submission)
-    lab = pd.read_csv(labels)
+    sub = read_id_sirna(submission, "submission")
+    lab = read_id_sirna(labels, "labels")
     merged = lab.merge(sub, on="id_code", how="left", suffixes=("", "_pred"))
-    if merged["sirna_pred"].isna().any():
+    lacking = merged.loc[merged["sirna_pred"].isna(), "id_code"]
+    if len(lacking):
         raise SubmissionError(
-            f"{submission} lacks {int(merged['sirna_pred'].isna().sum())} labelled wells"
+            f"{submission} lacks {len(lacking)} labelled wells of {labels}, e.g. {lacking.head(3).tolist()}"
         )
     parts = merged["id_code"].str.rsplit("_", n=2, expand=True)
     merged["experiment"], merged["plate"] = parts[0], parts[0] + "_" + parts[1]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from rcic.errors import InputError
 from rcic.fileio import atomic_csv, atomic_text
 from rcic.images import write_png
 from rcic.metadata import load_metadata, wells_of
+from rcic.parallel import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -245,13 +245,23 @@ def generate(
     layout_dir: str | Path | None = None,
     workers: int | None = None,
     image_size: int | None = None,
+    render: str = "cells",
+    experiments: list[str] | None = None,
 ) -> Path:
     """Write a complete synthetic screen in the Kaggle layout to `out`; return its path.
 
     Writes ``train.csv``, ``test.csv``, ``train_controls.csv``, ``test_controls.csv``,
     ``sample_submission.csv``, the PNGs under ``train/`` and ``test/``, the hidden test labels in
     ``test_labels.csv`` and the generator's truth (groups, plate shifts, pathways) in ``synth.json``.
+
+    Args:
+        render: ``cells`` (the simulator) or ``noise`` (seeded random pixels, no phenotype: for
+            measuring the rest of the chain at full layout size, where simulating cells would
+            dominate the time).
+        experiments: keep only these experiments of the layout (default: all).
     """
+    if render not in ("cells", "noise"):
+        raise InputError(f"render {render!r}: expected cells or noise")
     spec = PRESETS[preset] if isinstance(preset, str) else preset
     if image_size:
         spec = replace(
@@ -260,19 +270,15 @@ def generate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     wells, truth = layout_from(layout_dir, seed) if layout_dir else make_layout(spec, seed)
+    if experiments is not None:
+        wells = wells[wells["experiment"].isin(experiments)].reset_index(drop=True)
     pathway = sirna_phenotypes(spec, seed).pathway
     jobs = [
-        (str(out), spec, seed, exp, plate, group)
+        (str(out), spec, seed, exp, plate, group, render)
         for (exp, plate), group in wells.groupby(["experiment", "plate"])
     ]
-    workers = workers or os.cpu_count() or 1
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
-    try:
-        results = pool.map(_render_plate, jobs) if pool else map(_render_plate, jobs)
+    with ordered_map(_render_plate, jobs, workers or os.cpu_count() or 1) as results:
         list(tqdm(results, total=len(jobs), desc="rendering plates", unit="plate"))
-    finally:
-        if pool:
-            pool.shutdown(cancel_futures=True)
     _write_tables(out, wells)
     truth.update(
         preset=asdict(spec),
@@ -285,7 +291,9 @@ def generate(
 
 
 def _render_plate(job) -> int:
-    root, spec, seed, exp, plate, wells = job
+    root, spec, seed, exp, plate, wells, render = job
+    if render == "noise":
+        return _noise_plate(root, spec, seed, exp, plate, wells)
     pheno = sirna_phenotypes(spec, seed)
     batch = cellsim.plate_batch(seed, exp, plate)
     split = wells["split"].iat[0]
@@ -298,6 +306,19 @@ def _render_plate(job) -> int:
             img = cellsim.render_site(rng, spec.image_size, spec.cell_radius, cond, batch)
             for c in layout.CHANNELS:
                 write_png(folder / layout.png_name(well, site, c), img[c - 1])
+    return len(wells)
+
+
+def _noise_plate(root, spec, seed, exp, plate, wells) -> int:
+    folder = Path(root) / wells["split"].iat[0] / exp / f"Plate{plate}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = cellsim.seeded(seed, "noise", exp, plate)
+    shape = (len(layout.SITES), len(layout.CHANNELS), spec.image_size, spec.image_size)
+    for well in wells["well"]:
+        img = rng.integers(0, 64, shape, dtype=np.uint8)
+        for s, site in enumerate(layout.SITES):
+            for c in layout.CHANNELS:
+                write_png(folder / layout.png_name(well, site, c), img[s, c - 1])
     return len(wells)
 
 

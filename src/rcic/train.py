@@ -28,13 +28,14 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from rcic import layout
 from rcic.config import ConfigError, TrainConfig, save_config, to_dict
 from rcic.data import (
     BatchTransform,
+    EpochBatches,
     SiteDataset,
     cache_fits,
     collate_batch,
@@ -43,6 +44,7 @@ from rcic.data import (
     plate_norm_stats,
 )
 from rcic.errors import TrainingError
+from rcic.fileio import atomic_path
 from rcic.inference import autocast, infer
 from rcic.metadata import wells_of
 from rcic.metrics import accuracy_table, treatment_argmax
@@ -190,9 +192,8 @@ def run_log(out: Path, enabled: bool):
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write to a temporary name, then rename: a crash never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def rng_state() -> dict:
@@ -306,7 +307,7 @@ def train(
             save_config(cfg, out / "config.yaml")
             env = {
                 **environment(ctx),
-                "store": str(Path(store_path).resolve()),
+                "store": st.url or str(Path(store_path).resolve()),
                 "n_train_samples": len(samples.train_rows),
                 "held_out_experiments": samples.val_experiments,
             }
@@ -329,35 +330,23 @@ def _loaders(cfg, ctx, st, samples, size):
     val_set = SiteDataset(
         st, samples.val_rows, samples.val_rows["sirna"].to_numpy(), val_stats, cache=cache_train
     )
-    sampler = DistributedSampler(
-        train_set,
-        num_replicas=ctx.world,
-        rank=ctx.rank,
-        shuffle=True,
-        seed=cfg.seed,
-        drop_last=True,
+    sampler = EpochBatches(
+        len(train_set), cfg.batch_size, ctx.world, ctx.rank, seed=cfg.seed, shuffle=True
     )
-    per_rank = cfg.batch_size // ctx.world
     kw = {
         "num_workers": cfg.num_workers,
         "persistent_workers": cfg.num_workers > 0,
         "pin_memory": ctx.device.type == "cuda",
     }
-    train_loader = DataLoader(
-        train_set,
-        batch_size=per_rank,
-        sampler=sampler,
-        drop_last=True,
+    train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_batch, **kw)
+    shard = torch.utils.data.Subset(val_set, range(ctx.rank, len(val_set), ctx.world))
+    val_loader = DataLoader(
+        shard,
+        batch_size=max(1, 2 * cfg.batch_size // ctx.world),
+        shuffle=False,
         collate_fn=collate_batch,
         **kw,
     )
-    val_loader = DataLoader(
-        val_set, batch_size=per_rank * 2, shuffle=False, collate_fn=collate_batch, **kw
-    )
-    if len(train_loader) == 0:
-        raise ConfigError(
-            f"config batch_size={cfg.batch_size}: larger than the {len(train_set)} training samples"
-        )
     return train_loader, val_loader, sampler
 
 
@@ -399,8 +388,8 @@ def _fit(cfg, ctx, st, samples, model, size, out, resume, progress, stop_after_e
             "images_per_s": speed,
             "lr": sched.get_last_lr()[0],
         }
-        if ctx.main and len(samples.val_rows):
-            row["val"] = validate(model, val_loader, transform, samples.val_rows, ctx.device, cfg)
+        if len(samples.val_rows):  # every rank scores its shard; the metrics see all of them
+            row["val"] = validate(model, val_loader, transform, samples.val_rows, ctx, cfg)
         score = row.get("val", {}).get("overall", -loss)
         if ctx.main:
             _log_epoch(row)
@@ -466,9 +455,15 @@ def _train_epoch(
         total += loss.item() * cfg.accumulate
         count += 1
         n_images += x.shape[0]
-        speed = n_images * ctx.world / (time.perf_counter() - t0)
+        speed = n_images * ctx.world / (time.perf_counter() - t0)  # estimate while running
         bar.set_postfix(loss=f"{total / count:.3f}", img_s=f"{speed:.0f}")
-    return total / max(count, 1), n_images * ctx.world / (time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    if ctx.world > 1:  # the epoch's loss and speed over all ranks, not rank 0's alone
+        sums = torch.tensor([total, count, n_images], dtype=torch.float64, device=ctx.device)
+        dist.all_reduce(sums)
+        total, count, n_images = sums.tolist()
+        return total / max(count, 1), n_images / seconds
+    return total / max(count, 1), n_images / seconds
 
 
 def _any_rank_not_finite(loss: torch.Tensor, ctx: Dist) -> bool:
@@ -478,11 +473,28 @@ def _any_rank_not_finite(loss: torch.Tensor, ctx: Dist) -> bool:
     return bool(bad.item())
 
 
-def validate(model, loader, transform, rows: pd.DataFrame, device, cfg: TrainConfig) -> dict:
-    """Held-out accuracy per well (logits averaged over its sites), treatments only."""
+def validate(model, loader, transform, rows: pd.DataFrame, ctx: Dist, cfg: TrainConfig) -> dict:
+    """Held-out accuracy per well (logits averaged over its sites), treatments only.
+
+    Under torchrun each rank's loader holds a shard of the held-out sites; their logits are
+    gathered, so every rank returns the metrics of the whole held-out set.
+    """
     res = infer(
-        model, loader, transform, device, views=(0,), amp=cfg.amp, channels_last=cfg.channels_last
+        model,
+        loader,
+        transform,
+        ctx.device,
+        views=(0,),
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
     )
+    if ctx.world > 1:
+        parts = [None] * ctx.world
+        dist.all_gather_object(parts, (res["rows"], res["logits"]))
+        res = {
+            "rows": np.concatenate([r for r, _ in parts]),
+            "logits": np.concatenate([z for _, z in parts]),
+        }
     frame = rows.iloc[res["rows"]][["id_code", "experiment", "cell_type", "sirna"]].reset_index(
         drop=True
     )
@@ -508,7 +520,6 @@ def _state(model, opt, sched, epoch: int, best: float, cfg: TrainConfig) -> dict
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
-        "scaler": {},
         "epoch": epoch,
         "best": best,
         "config": to_dict(cfg),

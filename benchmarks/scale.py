@@ -1,0 +1,157 @@
+"""The whole chain on the full RxRx1 layout, and on 1/8 and 1/2 of it: time and memory per step.
+
+Usage: python benchmarks/scale.py [--size 32] [--fractions 0.125 0.5 1] [--work /tmp/rcic-scale]
+                                 [--views 8] [--cache-mb 256]
+
+The layout is the real one (../shared/rxrx1/kaggle's plate maps: 51 experiments, 125,510 sites,
+753,060 PNGs) where present, else the `rxrx1` preset's. A fraction keeps that share of the training
+and of the test experiments (spread over the cell types). Images are seeded random pixels at
+--size px (`synth.generate(render="noise")`): this measures rcic's chain, not the cell simulator,
+whose cost at full size would dominate (its speed is in benchmarks/results/synth_difficulty.txt).
+
+Steps, each its own process (imports included): synth (PNG writing), `check --images`, `prepare`
+(2 workers), `train` (one epoch, resnet18, fold 0 held out and validated, cache_mb as given),
+`predict` of the test experiments (--views TTA views x both sites), `submit`, `report`. For each:
+wall time, sites per second and peak resident memory. Targets (issue 13): per-site time at full
+size within 1.3x of the 1/8 size; peak memory of every step bounded by a constant plus cache_mb,
+not growing with the dataset's image bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+from _measure import timed
+
+from rcic import metadata, synth
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared" / "rxrx1" / "kaggle"
+
+
+def pick_experiments(layout_dir: Path | None, fraction: float) -> list[str]:
+    """That share of the training and of the test experiments, every k-th of each (sorted by
+    cell type, so the cell types stay represented)."""
+    if layout_dir is not None:
+        wells = metadata.wells_of(metadata.load_metadata(layout_dir))
+    else:
+        wells, _ = synth.make_layout(synth.PRESETS["rxrx1"], 0)
+    chosen = []
+    for _, exps in wells.groupby("split")["experiment"]:
+        names = sorted(exps.unique())
+        k = max(1, math.ceil(len(names) * fraction))
+        step = len(names) / k
+        chosen += [names[int(i * step)] for i in range(k)]
+    return chosen
+
+
+def run_chain(work: Path, args, fraction: float, layout_dir: Path | None) -> list[dict]:
+    exps = pick_experiments(layout_dir, fraction)
+    data, store, run = work / "data", work / "store", work / "run"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    py = sys.executable
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    gen = (
+        "import sys; from rcic import synth; "
+        f"synth.generate(sys.argv[1], 'rxrx1', 0, layout_dir={str(layout_dir)!r} if "
+        f"{layout_dir is not None} else None, image_size={args.size}, render='noise', "
+        f"experiments=sys.argv[2].split(','), workers=2)"
+    )
+    cli = [py, "-m", "rcic.cli"]
+    steps = {
+        "synth (noise PNGs)": [py, "-c", gen, str(data), ",".join(exps)],
+        "check --images": [*cli, "check", "--images", str(data), "--workers", "2"],
+        "prepare": [*cli, "prepare", str(data), "--out", str(store), "--workers", "2"],
+        "train (1 epoch)": [
+            *cli, "train", "--data", str(data), "--store", str(store), "--out", str(run),
+            "backbone=resnet18", f"image_size={args.size}", "epochs=1", "batch_size=256",
+            "embedding_dim=128", f"cache_mb={args.cache_mb}", "num_workers=1", "warmup_epochs=0.1",
+        ],
+        "predict (test, TTA)": [
+            *cli, "predict", "--run", str(run), "--data", str(data), "--store", str(store),
+            "--views", str(args.views), "--out", str(run / "test.npz"), "--batch-size", "512",
+        ],
+        "submit": [
+            *cli, "submit", "--logits", str(run / "test.npz"), "--metadata", str(data),
+            "--out", str(run / "submission.csv"),
+        ],
+        "report": [*cli, "report", str(run), "--out", str(work / "report.html")],
+    }  # fmt: skip
+    rows = []
+    for name, cmd in steps.items():
+        seconds, mb = timed(cmd, env)
+        sites = _sites(data, name)
+        rows.append(
+            {
+                "fraction": fraction,
+                "step": name,
+                "sites": sites,
+                "seconds": round(seconds, 1),
+                "sites/s": round(sites / seconds, 1),
+                "peak MB": round(mb),
+            }
+        )
+        print(rows[-1], flush=True)
+    size = (work / "report.html").stat().st_size / 2**20
+    rows.append({"fraction": fraction, "step": "report size MiB", "seconds": round(size, 2)})
+    store_gb = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**30
+    rows.append({"fraction": fraction, "step": "store GiB", "seconds": round(store_gb, 3)})
+    shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def _sites(data: Path, step: str) -> int:
+    """Sites the step works on: all of them, the training sites, or the test sites."""
+    sites = metadata.load_metadata(data)
+    if step.startswith("train"):
+        return int((sites.split == "train").sum())
+    if step.startswith(("predict", "submit")):
+        return int((sites.split == "test").sum())
+    return len(sites)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.5, 1.0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/rcic-scale"))
+    ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--cache-mb", type=int, default=256)
+    args = ap.parse_args()
+    layout_dir = SHARED if (SHARED / "train.csv").exists() else None
+    print(
+        f"layout: {'real RxRx1 plate maps' if layout_dir else 'rxrx1 preset'}; {args.size} px noise "
+        f"images; cache_mb={args.cache_mb}; predict with {args.views} views x 2 sites; 2 cores"
+    )
+    rows = []
+    for fraction in args.fractions:
+        rows += run_chain(args.work, args, fraction, layout_dir)
+    table = pd.DataFrame(rows)
+    pd.set_option("display.width", 200)
+    print(table.to_string(index=False))
+    _targets(table, min(args.fractions), max(args.fractions), args.cache_mb)
+
+
+def _targets(table: pd.DataFrame, small: float, full: float, cache_mb: int) -> None:
+    steps = table[table["sites"].notna()]
+    a = steps[steps.fraction == small].set_index("step")
+    b = steps[steps.fraction == full].set_index("step")
+    per_site = (b["seconds"] / b["sites"]) / (a["seconds"] / a["sites"])
+    memory = b["peak MB"] / a["peak MB"]
+    print(f"\nper-site time, full / {small} size (target <= 1.3), and peak memory full / {small}:")
+    print(pd.DataFrame({"per-site time ratio": per_site.round(2), "memory ratio": memory.round(2)}))
+    print(
+        f"per-site target {'MET' if (per_site <= 1.3).all() else 'NOT MET'}; "
+        f"largest peak at full size {b['peak MB'].max():.0f} MB (cache_mb {cache_mb})"
+    )
+
+
+if __name__ == "__main__":
+    main()
