@@ -94,7 +94,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     data, sites, st = screen(args.work, args.preset, args.seed)
-    from rcic.data import make_folds
+    from rcic.samples import make_folds
 
     fold_of = make_folds(metadata.wells_of(sites), 3, 0)
     val_exps = sorted(e for e, f in fold_of.items() if f == 0)

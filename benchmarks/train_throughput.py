@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from rcic import config, metadata, store, synth, train
+from rcic import config, metadata, samples, store, synth, train
 from rcic.inference import autocast
 from rcic.models import build_model, compute_loss
 
@@ -67,7 +67,7 @@ def main() -> None:
         train.train(cfg, sites, st, run, progress=False)
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         rcic_speed = rows[-1]["images_per_s"]
-        n = len(train.select_samples(sites, store.SiteStore(st), cfg).train_rows)
+        n = len(samples.select_samples(sites, store.SiteStore(st), cfg).train_rows)
         bare = bare_loop(cfg, n, size)
         print(
             f"{size:4d} px: rcic train {rcic_speed:7.1f} images/s, bare loop {bare:7.1f} images/s -> rcic keeps {100 * rcic_speed / bare:5.1f}%"

@@ -10,7 +10,7 @@ import sys
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from rcic import config, metadata, train
+from rcic import config, metadata, samples, train
 from rcic.data import BatchTransform
 from rcic.models import build_model, compute_loss
 from rcic.store import SiteStore
@@ -31,8 +31,8 @@ def _cfg(**kw):
 def first_batch_gradient(data, store_path, ctx):
     cfg = _cfg()
     st = SiteStore(store_path)
-    samples = train.select_samples(metadata.load_metadata(data), st, cfg)
-    loader, _, sampler = train._loaders(cfg, ctx, st, samples, st.size)
+    chosen = samples.select_samples(metadata.load_metadata(data), st, cfg)
+    loader, _, sampler = train._loaders(cfg, ctx, st, chosen, st.size)
     sampler.set_epoch(0)
     batch = next(iter(loader))
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def first_batch_gradient(data, store_path, ctx):
     out = wrapped(x, batch["cell_type"])
     compute_loss(out, batch["label"], batch["label"], 1.0, cfg).backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    rows = samples.train_rows.iloc[batch["row"].numpy()][["id_code", "site"]].to_numpy().tolist()
+    rows = chosen.train_rows.iloc[batch["row"].numpy()][["id_code", "site"]].to_numpy().tolist()
     return grads, rows
 
 
@@ -54,14 +54,14 @@ def one_epoch(data, store_path, ctx, batch_size: int):
     """(sample indices this rank draws in epoch 0, steps, held-out metrics of a fixed model)."""
     cfg = _cfg(batch_size=batch_size)
     st = SiteStore(store_path)
-    samples = train.select_samples(metadata.load_metadata(data), st, cfg)
-    loader, val_loader, sampler = train._loaders(cfg, ctx, st, samples, st.size)
+    chosen = samples.select_samples(metadata.load_metadata(data), st, cfg)
+    loader, val_loader, sampler = train._loaders(cfg, ctx, st, chosen, st.size)
     sampler.set_epoch(0)
     drawn = [i for batch in sampler for i in batch]
     torch.manual_seed(0)
     model = build_model(cfg)
-    val = train.validate(model, val_loader, BatchTransform(st.size), samples.val_rows, ctx, cfg)
-    return drawn, len(loader), val, len(samples.train_rows)
+    val = train.validate(model, val_loader, BatchTransform(st.size), chosen.val_rows, ctx, cfg)
+    return drawn, len(loader), val, len(chosen.train_rows)
 
 
 if __name__ == "__main__":

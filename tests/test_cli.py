@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,26 @@ def test_a_bug_is_not_hidden_as_a_message(monkeypatch):
     monkeypatch.setattr(metadata, "load_metadata", broken)
     with pytest.raises(ValueError, match="internal bug"):
         cli.main(["check", "."])
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's "From Python" example, as written there."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### From Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "id_code" in out and "sirna" in out
+
+
+def test_import_rcic_is_light_and_exposes_the_entry_points():
+    code = (
+        "import sys, rcic; assert 'torch' not in sys.modules and 'pandas' not in sys.modules; "
+        "import rcic as r; f = r.make_submission; print(r.__version__, f.__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "make_submission" in out.stdout

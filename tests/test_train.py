@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcic import config, data, layout, metadata, models, train
+from rcic import config, data, layout, metadata, models, samples, train
 from rcic.config import ConfigError
 from rcic.errors import InputError
 from rcic.store import StoreError
@@ -72,10 +72,10 @@ def test_folds_hold_out_whole_experiments(tiny_sites, tiny_store):
     from rcic.store import SiteStore
 
     wells = metadata.wells_of(tiny_sites)
-    fold_of = data.make_folds(wells, 4, seed=0)
+    fold_of = samples.make_folds(wells, 4, seed=0)
     assert set(fold_of) == set(wells.loc[wells.split == "train", "experiment"])
     for fold in range(4):
-        s = train.select_samples(tiny_sites, SiteStore(tiny_store), _cfg(f"fold={fold}"))
+        s = samples.select_samples(tiny_sites, SiteStore(tiny_store), _cfg(f"fold={fold}"))
         assert not set(s.train_rows.experiment) & set(s.val_rows.experiment)
         assert set(s.val_rows.experiment) == {e for e, f in fold_of.items() if f == fold}
     # balanced across cell types: each fold holds out at most one more experiment of a cell type than another
@@ -92,18 +92,18 @@ def test_controls_and_pseudo_labels_are_training_data(tiny_sites, tiny_store, tm
     from rcic.store import SiteStore
 
     st = SiteStore(tiny_store)
-    with_ctrl = train.select_samples(tiny_sites, st, _cfg())
+    with_ctrl = samples.select_samples(tiny_sites, st, _cfg())
     test_ctrl = with_ctrl.train_rows[(with_ctrl.train_rows.split == "test")]
     assert len(test_ctrl) and (test_ctrl.well_type != "treatment").all()
     assert (with_ctrl.train_labels >= layout.N_TREATMENTS).any()
-    without = train.select_samples(tiny_sites, st, _cfg("use_controls=false"))
+    without = samples.select_samples(tiny_sites, st, _cfg("use_controls=false"))
     assert (without.train_labels < layout.N_TREATMENTS).all()
     test_treat = tiny_sites[
         (tiny_sites.split == "test") & (tiny_sites.well_type == "treatment")
     ].drop_duplicates("id_code")
     pseudo = test_treat[["id_code"]].iloc[:5].assign(sirna=7)
     pseudo.to_csv(tmp_path / "p.csv", index=False)
-    got = train.select_samples(tiny_sites, st, _cfg(), pseudo)
+    got = samples.select_samples(tiny_sites, st, _cfg(), pseudo)
     added = got.train_rows.id_code.isin(pseudo.id_code)
     assert added.sum() == 10 and (got.train_labels[added.to_numpy()] == 7).all()
 
@@ -340,10 +340,10 @@ def test_global_normalisation_predicts_with_the_training_pool(tiny_sites, tiny_s
     train.train(cfg, tiny_sites, tiny_store, run, progress=False)
     model, cfg = predict.load_checkpoint(run, "last")
     st = SiteStore(tiny_store)
-    samples = train.select_samples(tiny_sites, st, cfg)
-    expected = data.plate_norm_stats(st, "global", samples.train_rows)[0]
+    chosen = samples.select_samples(tiny_sites, st, cfg)
+    expected = data.plate_norm_stats(st, "global", chosen.train_rows)[0]
     np.testing.assert_allclose(model.global_stats, expected, rtol=1e-6)
-    test = predict.split_wells(tiny_sites, "test", cfg)
+    test = samples.split_sites(tiny_sites, "test", cfg)
     one_exp = test[test.experiment == test.experiment.iloc[0]]
     assert data.plate_norm_stats(st, "global", test)[0] != pytest.approx(expected)  # pools differ
     both = predict.predict_logits(model, cfg, test, st, views=1, progress=False)
@@ -369,3 +369,18 @@ def test_config_values_are_type_checked(override, key, expected):
     with pytest.raises(ConfigError) as err:
         config.load_config(None, [override])
     assert f"config {key}=" in str(err.value) and expected in str(err.value)
+
+
+def test_batchnorm_is_synchronised_only_across_several_gpus():
+    cfg = _cfg()
+    for device, world, expect in (("cuda", 2, True), ("cpu", 2, False), ("cuda", 1, False)):
+        ctx = train.Dist(0, world, torch.device(device))
+        model = train.sync_batchnorm(models.build_model(cfg), ctx, cfg)
+        kinds = {type(m) for m in model.modules()}
+        assert (torch.nn.SyncBatchNorm in kinds) == expect, (device, world)
+        assert (torch.nn.BatchNorm2d in kinds) != expect
+    off = config.load_config(None, FAST + ["sync_batchnorm=false"])
+    model = train.sync_batchnorm(
+        models.build_model(off), train.Dist(0, 2, torch.device("cuda")), off
+    )
+    assert torch.nn.SyncBatchNorm not in {type(m) for m in model.modules()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -88,6 +87,36 @@ def _add_metadata_args(p) -> None:
     )
 
 
+def _add_run_data_store(p, help_run: str = "run folder") -> None:
+    """--run, --data, --store and the metadata options, shared by the commands that use a model."""
+    p.add_argument("--run", type=Path, required=True, help=help_run)
+    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--store", required=True, help=STORE_HELP)
+    _add_metadata_args(p)
+
+
+def _add_inference_args(p) -> None:
+    """Which checkpoint and split, TTA views, batch size and device (predict, embed)."""
+    p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
+    p.add_argument("--split", default="test", help="test, train or a fold number")
+    p.add_argument(
+        "--views",
+        type=int,
+        default=8,
+        choices=range(1, 9),
+        metavar="1..8",
+        help="dihedral TTA views (default 8)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def _sites(args):
+    from rcic import metadata
+
+    return metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
+
+
 def _add_check(sub) -> None:
     p = sub.add_parser(
         "check",
@@ -107,32 +136,27 @@ def _add_check(sub) -> None:
 
 
 def cmd_check(args) -> int:
-    from rcic import images, metadata, rules
+    from rcic.check import check_dataset
 
-    sites = metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
-    wells = metadata.wells_of(sites)
-    print(
-        f"{args.data}: {len(wells)} wells, {len(sites)} sites, "
-        f"{wells['experiment'].nunique()} experiments ({', '.join(sorted(wells['cell_type'].unique()))})"
+    report = check_dataset(
+        args.data,
+        open_images=args.images,
+        workers=args.workers,
+        label_map=args.label_map,
+        reference=args.reference,
     )
-    findings = rules.check_rules(wells)
-    for f in findings:
+    print(report.summary)
+    for f in report.findings:
         print(f)
-    ok = all(f.ok for f in findings)
     if args.images:
-        keys = list(
-            sites[["split", "experiment", "plate", "well", "site"]].itertuples(
-                index=False, name=None
-            )
-        )
-        problems = images.scan_sites(args.data, keys, workers=args.workers or os.cpu_count() or 1)
+        problems = report.image_problems
         print(
-            f"[{'ok' if not problems else 'FAIL'}] images: {len(keys)} sites opened, {len(problems)} problem file(s)"
+            f"[{'ok' if not problems else 'FAIL'}] images: {report.sites_opened} sites opened, "
+            f"{len(problems)} problem file(s)"
         )
         for msg in problems:
             print("  " + msg)
-        ok = ok and not problems
-    return 0 if ok else 1
+    return 0 if report.ok else 1
 
 
 def _add_prepare(sub) -> None:
@@ -246,20 +270,9 @@ def _add_predict(sub) -> None:
         "temperature is fitted on them and stored). Each well's logits are the mean over VIEWS of the 8 "
         "flips/rotations and over both sites.",
     )
-    p.add_argument("--run", type=Path, required=True, help="run folder")
-    p.add_argument("--checkpoint", default="best", help="best, last or a checkpoint path")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--store", required=True, help=STORE_HELP)
-    p.add_argument("--split", default="test", help="test, train or a fold number")
+    _add_run_data_store(p)
+    _add_inference_args(p)
     p.add_argument("--out", type=Path, required=True, help="logits file to write (.npz)")
-    p.add_argument(
-        "--views",
-        type=int,
-        default=8,
-        choices=range(1, 9),
-        metavar="1..8",
-        help="dihedral TTA views (default 8)",
-    )
     p.add_argument(
         "--combine",
         choices=["mean", "logprob"],
@@ -272,23 +285,19 @@ def _add_predict(sub) -> None:
     p.add_argument(
         "--temperature-from", type=Path, help="copy the temperature stored in this logits file"
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    _add_metadata_args(p)
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args) -> int:
-    from rcic import metadata, predict
+    from rcic import predict
     from rcic.logitsfile import read_logits
 
     temperature = args.temperature
     if args.temperature_from:
         temperature = float(read_logits(args.temperature_from).get("temperature", 1.0))
-    sites = metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
     path = predict.predict_run(
         args.run,
-        sites,
+        _sites(args),
         args.store,
         args.split,
         args.out,
@@ -515,30 +524,24 @@ def _add_embed(sub) -> None:
         "model's logits, per-well metadata and `oof` (the well was not one of the model's training "
         "samples). Embed the run's own fold to get out-of-fold embeddings for training heads.",
     )
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--checkpoint", default="best")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--store", required=True, help=STORE_HELP)
-    p.add_argument("--split", default="test", help="test, train or a fold number")
+    _add_run_data_store(p)
+    _add_inference_args(p)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--views", type=int, default=8, choices=range(1, 9), metavar="1..8")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    _add_metadata_args(p)
     p.set_defaults(func=cmd_embed)
 
 
 def cmd_embed(args) -> int:
-    from rcic import metadata, predict
+    from rcic import predict
 
-    sites = metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
     path = predict.embed_run(
         args.run,
-        sites,
+        _sites(args),
         args.store,
         args.split,
         args.out,
         checkpoint=args.checkpoint,
         views=args.views,
+        batch_size=args.batch_size,
         device=args.device,
     )
     print(f"wrote {path}")
@@ -626,9 +629,7 @@ def _add_pseudo(sub) -> None:
         "confident FRACTION of every plate's assigned wells (never one siRNA twice on a plate) as labels, "
         "and fine-tune from the current weights with them. Fractions grow round by round.",
     )
-    p.add_argument("--run", type=Path, required=True, help="trained run to start from")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--store", required=True, help=STORE_HELP)
+    _add_run_data_store(p, help_run="trained run to start from")
     p.add_argument("--out", type=Path, required=True, help="folder for the rounds")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.6, 0.9])
     p.add_argument("--epochs", type=int, help="fine-tuning epochs per round (default: the run's)")
@@ -639,11 +640,17 @@ def _add_pseudo(sub) -> None:
 
 
 def cmd_pseudo(args) -> int:
-    from rcic import metadata, pseudo
+    from rcic import pseudo
 
-    sites = metadata.load_metadata(args.data)
     for r in pseudo.pseudo_rounds(
-        args.run, sites, args.data, args.store, args.out, args.fractions, args.epochs, args.labels
+        args.run,
+        _sites(args),
+        args.data,
+        args.store,
+        args.out,
+        args.fractions,
+        args.epochs,
+        args.labels,
     ):
         print(r)
     return 0

@@ -69,6 +69,9 @@ class TrainConfig:
     """Hold the store in memory when it is smaller than this many MiB."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    sync_batchnorm: bool = True
+    """Under torchrun on several GPUs, synchronise BatchNorm statistics across them (SyncBatchNorm);
+    not available on CPU (gloo), where each rank keeps its own."""
 
     # augmentation
     flips: bool = True

@@ -28,24 +28,6 @@ def cell_type_id(cell_type: str) -> int:
     return CELL_TYPE_IDS.get(cell_type, layout.N_CELL_TYPES - 1)
 
 
-def make_folds(wells: pd.DataFrame, n_folds: int, seed: int = 0) -> dict[str, int]:
-    """Assign each training experiment to a fold, dealing each cell type's experiments round-robin.
-
-    Every fold holds out whole experiments, and each cell type is spread over the folds as evenly
-    as its number of experiments allows.
-    """
-    rng = np.random.default_rng(seed)
-    exps = wells.loc[wells["split"] == "train", ["experiment", "cell_type"]].drop_duplicates()
-    fold_of: dict[str, int] = {}
-    start = 0
-    for _, group in exps.groupby("cell_type", sort=True):
-        names = rng.permutation(sorted(group["experiment"]))
-        for k, name in enumerate(names):
-            fold_of[str(name)] = (start + k) % n_folds
-        start += len(names)  # the next cell type starts where this one stopped, keeping folds even
-    return fold_of
-
-
 def plate_norm_stats(store: SiteStore, source: str, rows: pd.DataFrame) -> np.ndarray:
     """Per-sample (mean, std) of each channel, shape (N, 6, 2), for `rows` of the store index.
 

@@ -13,7 +13,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from rcic import config, metadata, predict, store, submit, synth, train
+from rcic import config, metadata, predict, samples, store, submit, synth, train
 from rcic.logitsfile import read_logits
 from rcic.metrics import format_table
 
@@ -94,8 +94,8 @@ def same_steps(cfg: config.TrainConfig, reference: config.TrainConfig, sites, st
     from dataclasses import replace
 
     st = store.SiteStore(store_dir)
-    n = len(train.select_samples(sites, st, cfg).train_rows)
-    n_ref = len(train.select_samples(sites, st, reference).train_rows)
+    n = len(samples.select_samples(sites, st, cfg).train_rows)
+    n_ref = len(samples.select_samples(sites, st, reference).train_rows)
     steps_ref = reference.epochs * (n_ref // reference.batch_size)
     return replace(cfg, epochs=max(1, round(steps_ref / max(1, n // cfg.batch_size))))
 

@@ -301,11 +301,14 @@ def postprocess(
     well_method: str = "sinkhorn",
     stages=("groups", "assign"),
     sharpen: float = SHARPEN,
+    marginals: bool = False,
 ) -> PostResult:
     """Run the plate stages on per-well treatment log-probabilities (N, 1108).
 
     Returns the prediction after ``ensemble`` (plain argmax), ``groups`` (argmax within each
-    plate's chosen group) and ``assign`` (the well decision), as far as `stages` go.
+    plate's chosen group) and ``assign`` (the well decision), as far as `stages` go. With
+    `marginals`, ``confidence`` holds each final answer's one-per-plate marginal probability
+    (what pseudo-labels rank by); otherwise the well's top probability.
     """
     out = {"ensemble": lp.argmax(1)}
     confidence = np.exp(lp.max(1))
@@ -323,6 +326,7 @@ def postprocess(
             masked[sel] = members[sub.argmax(1)]
             if "assign" in stages:
                 final[sel] = members[decide_plate(sub, well_method, sharpen)]
+            if "assign" in stages and marginals:
                 confidence[sel] = np.exp(
                     sinkhorn(sub)[np.arange(len(sel)), np.searchsorted(members, final[sel])]
                 )

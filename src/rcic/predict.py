@@ -17,15 +17,14 @@ from rcic.data import (
     SiteDataset,
     cache_fits,
     collate_batch,
-    make_folds,
     plate_norm_stats,
 )
 from rcic.errors import InputError
 from rcic.inference import infer, resolve_device
 from rcic.logitsfile import write_logits
-from rcic.metadata import wells_of
 from rcic.models import RcicModel, build_model, load_torch_file
 from rcic.plates import fit_temperature
+from rcic.samples import select_samples, split_sites, store_rows
 from rcic.store import SiteStore
 
 log = logging.getLogger(__name__)
@@ -53,29 +52,6 @@ def load_checkpoint(
     return model.to(device).eval(), cfg
 
 
-def split_wells(sites: pd.DataFrame, split: str, cfg: TrainConfig) -> pd.DataFrame:
-    """Sites to predict: ``test``, ``train`` or a fold number (its held-out experiments), treatments only.
-
-    Both sites of each well, unless the run trained on site 1 alone.
-    """
-    treat = sites[sites["well_type"] == "treatment"]
-    if cfg.sites == "1":  # a model trained on one site predicts from that site
-        treat = treat[treat["site"] == 1]
-    if split in ("test", "train"):
-        return treat[treat["split"] == split]
-    try:
-        fold = int(split)
-    except ValueError:
-        raise InputError(f"split {split!r}: expected test, train or a fold number") from None
-    fold_of = make_folds(wells_of(sites), cfg.folds, cfg.seed)
-    exps = [e for e, f in fold_of.items() if f == fold]
-    if not exps:
-        raise InputError(
-            f"split {split}: fold {fold} holds no experiments (the run has {cfg.folds} folds)"
-        )
-    return treat[treat["experiment"].isin(exps)]
-
-
 def predict_logits(
     model: RcicModel,
     cfg: TrainConfig,
@@ -97,11 +73,7 @@ def predict_logits(
     if combine not in ("mean", "logprob"):
         raise InputError(f"combine {combine!r}: expected mean or logprob")
     device = torch.device(device)
-    st.check_matches(sites)
-    rows = st.index.drop(columns=["sirna", "well_type"]).merge(
-        sites[["id_code", "site", "sirna", "well_type"]], on=["id_code", "site"]
-    )
-    rows = rows[st.packed[rows["idx"].to_numpy()]].reset_index(drop=True)
+    rows = store_rows(st, sites)
     stats = _norm_stats(model, cfg, st, rows)
     dataset = SiteDataset(
         st, rows, rows["sirna"].to_numpy(), stats, cache=cache_fits(st, len(rows), cfg.cache_mb)
@@ -187,7 +159,7 @@ def predict_run(
     """
     device = resolve_device(device)
     model, cfg = load_checkpoint(run, checkpoint, device)
-    chosen = split_wells(sites, split, cfg)
+    chosen = split_sites(sites, split, cfg)
     st = SiteStore(store)
     res = predict_logits(
         model,
@@ -233,18 +205,10 @@ def embed_run(
     ``oof`` marks the wells that were not training samples of this model (their embeddings can
     train a head honestly): the held-out fold's experiments, and unlabelled test treatments.
     """
-    from rcic.train import select_samples  # same layer; only needed here
-
     device = resolve_device(device)
     model, cfg = load_checkpoint(run, checkpoint, device)
     st = SiteStore(store)
-    if split in ("test", "train"):
-        chosen = sites[sites["split"] == split]
-    else:
-        exps = split_wells(sites, split, cfg)["experiment"].unique()
-        chosen = sites[sites["experiment"].isin(exps)]
-    if cfg.sites == "1":
-        chosen = chosen[chosen["site"] == 1]
+    chosen = split_sites(sites, split, cfg, treatments_only=False)
     pseudo = (
         pd.read_csv(cfg.pseudo_labels)
         if cfg.pseudo_labels and Path(cfg.pseudo_labels).exists()

@@ -103,6 +103,7 @@ class SubmitOptions:
     sharpen: float = SHARPEN
     calibrate: str = CALIBRATE_DEFAULT
     stages: tuple[str, ...] = STAGES
+    marginals: bool = False  # each answer's one-per-plate marginal (for pseudo-labels)
 
 
 @dataclass
@@ -143,7 +144,7 @@ def make_submission(
     )
     post = postprocess(
         lp, exps, plates, pg, options.group_method, options.well_method, options.stages,
-        options.sharpen,
+        options.sharpen, marginals=options.marginals,
     )  # fmt: skip
     post.stages["ensemble"] = raw_argmax  # the models' own answer, before any plate stage
     final = post.stages[[s for s in STAGES if s in post.stages][-1]]
@@ -180,6 +181,8 @@ def run_submit(
     `options`."""
     t0 = time.perf_counter()
     options = replace(options or SubmitOptions(), **option_fields)
+    if pseudo_out:  # pseudo-labels rank wells by their one-per-plate marginals
+        options = replace(options, marginals=True)
     sites = load_metadata(metadata_dir, label_map=label_map, reference=reference)
     wells = wells_of(sites)
     test = _test_wells(metadata_dir, wells)
@@ -225,12 +228,7 @@ def calibrate_plates(
         raise SubmissionError(f"calibrate {mode!r}: expected one of {CALIBRATE}")
     if mode == "off":
         return lp, {"mode": "off"}
-    exps, plates = test["experiment"].to_numpy(), test["plate"].to_numpy()
-    # estimated on class-bias-free log-probabilities: a class raised across a whole experiment
-    # breaks the one-per-plate model the estimate rests on (and drove it to its bound)
-    unbiased = remove_class_bias(lp, exps)
-    choices = choose_groups(unbiased, exps, plates, pg, group_method)
-    cal = estimate_temperature(unbiased, exps, plates, choices, pg)
+    cal = _estimate_on_plates(lp, test, pg, group_method)
     t = cal.temperature
     informative = 2e-3 < t < 5e2
     if mode == "on":
@@ -260,7 +258,31 @@ def calibrate_plates(
         "used" if use else "not used",
         why,
     )
-    return (log_softmax(lp / np.float32(t)) if use else lp), report
+    return (log_softmax(lp * np.float32(1 / t), copy=False) if use else lp), report
+
+
+def _estimate_on_plates(lp, test: pd.DataFrame, pg: PlateGroups, group_method: str, n: int = 4):
+    """estimate_temperature on `n` test plates spread over the experiments (those with fewer wells
+    than a group has siRNAs), computing only what they need: their experiments' class-bias-free
+    log-probabilities and group choices. A class raised across a whole experiment breaks the
+    one-per-plate model the estimate rests on (it drove the estimate to its bound), hence the
+    bias removal."""
+    counts = test.groupby(["experiment", "plate"]).size()
+    size = min(len(g) for g in pg.groups)
+    candidates = [k for k, c in counts.items() if 1 < c <= size]
+    if not candidates:
+        raise SubmissionError(
+            "no test plate with fewer wells than its group's siRNAs to calibrate on"
+        )
+    pick = np.unique(np.linspace(0, len(candidates) - 1, min(n, len(candidates))).round())
+    picked = {candidates[int(i)] for i in pick}
+    exps, plates = test["experiment"].to_numpy(), test["plate"].to_numpy()
+    mine = np.isin(exps, [e for e, _ in picked])
+    unbiased = remove_class_bias(lp[mine], exps[mine])
+    exps, plates = exps[mine], plates[mine]
+    choices = choose_groups(unbiased, exps, plates, pg, group_method)
+    on = np.array([(e, p) in picked for e, p in zip(exps, plates, strict=True)])
+    return estimate_temperature(unbiased[on], exps[on], plates[on], choices, pg, len(picked))
 
 
 def _test_wells(metadata_dir, wells: pd.DataFrame) -> pd.DataFrame:

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -39,16 +40,15 @@ from rcic.data import (
     SiteDataset,
     cache_fits,
     collate_batch,
-    make_folds,
     mix_batch,
     plate_norm_stats,
 )
 from rcic.errors import TrainingError
 from rcic.fileio import atomic_path
 from rcic.inference import autocast, infer
-from rcic.metadata import wells_of
 from rcic.metrics import accuracy_table, treatment_argmax
 from rcic.models import build_model, compute_loss, load_torch_file
+from rcic.samples import select_samples
 from rcic.store import SiteStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -94,49 +94,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 # --- samples --------------------------------------------------------------------------------
-
-
-@dataclass
-class Samples:
-    train_rows: pd.DataFrame  # store index rows used for training
-    train_labels: np.ndarray
-    val_rows: pd.DataFrame  # store index rows of held-out experiments (treatment wells)
-    val_experiments: list[str]
-
-
-def select_samples(
-    sites: pd.DataFrame, st: SiteStore, cfg: TrainConfig, pseudo: pd.DataFrame | None = None
-) -> Samples:
-    """Training and validation sites: validation holds out whole experiments (fold `cfg.fold`)."""
-    st.check_matches(sites)
-    wells = wells_of(sites)
-    fold_of = make_folds(wells, cfg.folds, cfg.seed)
-    val_exps = sorted(e for e, f in fold_of.items() if f == cfg.fold) if cfg.fold >= 0 else []
-    index = st.index.drop(columns=["sirna", "well_type"]).merge(
-        sites[["id_code", "site", "sirna", "well_type"]], on=["id_code", "site"], how="inner"
-    )
-    index = index[st.packed[index["idx"].to_numpy()]]
-    if cfg.sites == "1":
-        index = index[index["site"] == 1]
-    labels = index["sirna"].to_numpy().copy()
-    if pseudo is not None:
-        extra = index["id_code"].map(pseudo.set_index("id_code")["sirna"])
-        take = extra.notna().to_numpy() & (labels == layout.UNKNOWN)
-        labels[take] = extra[take].astype(int)
-        log.info(
-            "pseudo-labels: %d test wells added to training",
-            int(take.sum()) // (1 if cfg.sites == "1" else 2),
-        )
-    held_out = index["experiment"].isin(val_exps).to_numpy()
-    is_treat = (index["well_type"] == "treatment").to_numpy()
-    usable = (labels != layout.UNKNOWN) & ~held_out & (is_treat | cfg.use_controls)
-    val = held_out & is_treat
-    return Samples(
-        index[usable].reset_index(drop=True),
-        labels[usable],
-        index[val].reset_index(drop=True),
-        val_exps,
-    )
 
 
 # --- run folder -----------------------------------------------------------------------------
@@ -361,6 +318,7 @@ def _fit(cfg, ctx, st, samples, model, size, out, resume, progress, stop_after_e
         start_epoch, best = _restore(ckpt_dir / "last.pt", model, opt, sched, ctx)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = sync_batchnorm(model, ctx, cfg)
     wrapped = DistributedDataParallel(model) if ctx.world > 1 else model
     if cfg.compile:
         wrapped = torch.compile(wrapped)
@@ -407,6 +365,15 @@ def _fit(cfg, ctx, st, samples, model, size, out, resume, progress, stop_after_e
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return row
+
+
+def sync_batchnorm(model: nn.Module, ctx: Dist, cfg: TrainConfig) -> nn.Module:
+    """BatchNorm layers made SyncBatchNorm when several CUDA ranks train (cfg.sync_batchnorm);
+    the model unchanged otherwise (PyTorch's SyncBatchNorm needs CUDA and NCCL)."""
+    if not (cfg.sync_batchnorm and ctx.world > 1 and ctx.device.type == "cuda"):
+        return model
+    log.info("BatchNorm synchronised across %d GPUs", ctx.world)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _train_epoch(
