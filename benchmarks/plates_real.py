@@ -99,18 +99,15 @@ def run_grid(test, pg, seeds: int, label: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _bar(mean: pd.DataFrame, variant: str) -> pd.Series:
-    return mean[["winner", "hungarian"]].max(axis=1)
-
-
 def choose(tune: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """The rcic variant with the best worst-cell margin over max(winner, hungarian) on TUNE."""
     cell = ["signal", "bias", "temperature"]
     mean = tune.groupby(cell + ["method"])["acc"].mean().unstack()
     variants = [c for c in mean.columns if c.startswith("rcic(")]
+    bar = mean[["winner", "hungarian"]].max(axis=1)
     summary = pd.DataFrame(
         {
-            "worst margin": [(mean[v] - _bar(mean, v)).min() for v in variants],
+            "worst margin": [(mean[v] - bar).min() for v in variants],
             "mean acc": [mean[v].mean() for v in variants],
         },
         index=variants,

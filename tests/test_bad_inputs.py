@@ -132,6 +132,13 @@ def _truncated(path: Path) -> None:
     path.write_bytes(_png_bytes(np.random.default_rng(0).integers(0, 255, (32, 32), np.uint8))[:60])
 
 
+def _image_case(w: World, change, *fragments: str):
+    """`rcic check --images` on a screen whose first PNG is replaced by change(path): exit 1, the
+    file named, and each fragment in the message."""
+    data, path = w.png(change)
+    return ["check", "--images", str(data)], 1, [path.name, *fragments], None
+
+
 def _pickled_logits(w: World) -> Path:
     ids = w.test_ids()
     z = np.zeros((len(ids), layout.N_CLASSES), np.float32)
@@ -293,54 +300,14 @@ CASES = {
         None,
     ),
     # --- check --images ------------------------------------------------------------------------
-    "check: missing PNG": lambda w: (
-        ["check", "--images", str((p := w.png(lambda path: None))[0])],
-        1,
-        [p[1].name],
-        None,
-    ),
-    "check: truncated PNG": lambda w: (
-        ["check", "--images", str((p := w.png(_truncated))[0])],
-        1,
-        [p[1].name],
-        None,
-    ),
-    "check: empty PNG": lambda w: (
-        ["check", "--images", str((p := w.png(lambda path: path.write_bytes(b"")))[0])],
-        1,
-        [p[1].name],
-        None,
-    ),
-    "check: wrong-size PNG": lambda w: (
-        ["check", "--images", str((p := w.png(_wrong_size))[0])],
-        1,
-        [p[1].name, "7x9", "differ in size"],
-        None,
-    ),
-    "check: RGB PNG": lambda w: (
-        ["check", "--images", str((p := w.png(_rgb))[0])],
-        1,
-        [p[1].name, "colour"],
-        None,
-    ),
-    "check: palette PNG": lambda w: (
-        ["check", "--images", str((p := w.png(_palette))[0])],
-        1,
-        [p[1].name, "palette", "grey plane"],
-        None,
-    ),
-    "check: 16-bit PNG of the wrong size": lambda w: (
-        ["check", "--images", str((p := w.png(_wrong_size_16bit))[0])],
-        1,
-        [p[1].name, "differ in size"],
-        None,
-    ),
-    "check: text file named .png": lambda w: (
-        ["check", "--images", str((p := w.png(lambda path: path.write_text("hello")))[0])],
-        1,
-        [p[1].name],
-        None,
-    ),
+    "check: missing PNG": lambda w: _image_case(w, lambda path: None),
+    "check: truncated PNG": lambda w: _image_case(w, _truncated),
+    "check: empty PNG": lambda w: _image_case(w, lambda path: path.write_bytes(b"")),
+    "check: wrong-size PNG": lambda w: _image_case(w, _wrong_size, "7x9", "differ in size"),
+    "check: RGB PNG": lambda w: _image_case(w, _rgb, "colour"),
+    "check: palette PNG": lambda w: _image_case(w, _palette, "palette", "grey plane"),
+    "check: 16-bit PNG of the wrong size": lambda w: _image_case(w, _wrong_size_16bit, "differ in size"),
+    "check: text file named .png": lambda w: _image_case(w, lambda path: path.write_text("hello")),
     # --- prepare -------------------------------------------------------------------------------
     "prepare --strict: truncated PNG": lambda w: (
         ["prepare", str((p := w.png(_truncated))[0]), "--out", str(w.tmp / "st"), "--strict"],

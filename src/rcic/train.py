@@ -429,7 +429,6 @@ def _train_epoch(
         sums = torch.tensor([total, count, n_images], dtype=torch.float64, device=ctx.device)
         dist.all_reduce(sums)
         total, count, n_images = sums.tolist()
-        return total / max(count, 1), n_images / seconds
     return total / max(count, 1), n_images / seconds
 
 
