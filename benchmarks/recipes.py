@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcic import config, metadata, predict, samples, store, synth, train
+from rcic import config, metadata, predict, runs, samples, store, synth, train
 from rcic.metrics import treatment_argmax
 from rcic.store import SiteStore
 
@@ -49,7 +49,7 @@ RECIPES = {
 
 
 def accuracy(run: Path, sites, st: SiteStore, split: str) -> float:
-    model, cfg = predict.load_checkpoint(run, "last")
+    model, cfg = runs.load_checkpoint(run, "last")
     chosen = samples.split_sites(sites, split, cfg)
     res = predict.predict_logits(model, cfg, chosen, st, views=8, progress=False)
     return float((treatment_argmax(res["logits"]) == res["sirna"]).mean())

@@ -151,6 +151,19 @@ def _targets(table: pd.DataFrame, small: float, full: float, cache_mb: int) -> N
         f"per-site target {'MET' if (per_site <= 1.3).all() else 'NOT MET'}; "
         f"largest peak at full size {b['peak MB'].max():.0f} MB (cache_mb {cache_mb})"
     )
+    store = table[table.step == "store GiB"].set_index("fraction")["seconds"] * 1024
+    image_growth = store[full] - store[small]
+    growth = b["peak MB"] - a["peak MB"]
+    print(
+        f"\nmemory against image bytes: the store grows by {image_growth:.0f} MB from {small} to "
+        f"{full}; each step's peak grows by (MB):"
+    )
+    print(growth.round(0).to_string())
+    bounded = (growth < image_growth).all() and store[full] > cache_mb
+    print(
+        f"every step's peak grows by less than the image bytes, with a full-size store larger "
+        f"than cache_mb ({store[full]:.0f} > {cache_mb} MB): {'MET' if bounded else 'NOT MET'}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import sys
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from rcic import config, metadata, samples, train
+from rcic import config, distributed, metadata, samples, train
 from rcic.data import BatchTransform
 from rcic.models import build_model, compute_loss
 from rcic.store import SiteStore
@@ -32,7 +32,8 @@ def first_batch_gradient(data, store_path, ctx):
     cfg = _cfg()
     st = SiteStore(store_path)
     chosen = samples.select_samples(metadata.load_metadata(data), st, cfg)
-    loader, _, sampler = train._loaders(cfg, ctx, st, chosen, st.size)
+    loaders = train.make_loaders(cfg, ctx, st, chosen)
+    loader, sampler = loaders.train, loaders.sampler
     sampler.set_epoch(0)
     batch = next(iter(loader))
     torch.manual_seed(0)
@@ -55,7 +56,8 @@ def one_epoch(data, store_path, ctx, batch_size: int):
     cfg = _cfg(batch_size=batch_size)
     st = SiteStore(store_path)
     chosen = samples.select_samples(metadata.load_metadata(data), st, cfg)
-    loader, val_loader, sampler = train._loaders(cfg, ctx, st, chosen, st.size)
+    loaders = train.make_loaders(cfg, ctx, st, chosen)
+    loader, val_loader, sampler = loaders.train, loaders.val, loaders.sampler
     sampler.set_epoch(0)
     drawn = [i for batch in sampler for i in batch]
     torch.manual_seed(0)
@@ -66,7 +68,7 @@ def one_epoch(data, store_path, ctx, batch_size: int):
 
 if __name__ == "__main__":
     mode, data, store_path, out = sys.argv[1:5]
-    ctx = train.setup_distributed("cpu")
+    ctx = distributed.setup_distributed("cpu")
     if mode == "grad":
         grads, rows = first_batch_gradient(data, store_path, ctx)
         result = {"grads": grads}

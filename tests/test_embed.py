@@ -119,7 +119,7 @@ def test_out_of_fold_embeddings_and_heads_through_submit(
     fold, trainset = read_logits(tmp_path / "fold.npz"), read_logits(tmp_path / "train.npz")
     import json
 
-    held = set(json.loads((trained / "env.json").read_text())["held_out_experiments"])
+    held = set(json.loads((trained / "split.json").read_text())["held_out_experiments"])
     assert (
         set(fold["experiment"]) == held and fold["oof"].all()
     )  # out of fold: never a training sample

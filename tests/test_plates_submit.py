@@ -206,7 +206,7 @@ def test_ensemble_rejects_files_with_other_wells(tiny_screen, tmp_path):
     write_logits(
         tmp_path / "b.npz", test.id_code.to_numpy()[2:], _simulated_logits(labels, 2.0)[2:]
     )
-    with pytest.raises(submit.SubmissionError, match="covers other wells"):
+    with pytest.raises(submit.SubmissionError, match="b.npz: covers other wells.*2 missing"):
         submit.combine_logits([tmp_path / "a.npz", tmp_path / "b.npz"])
 
 
@@ -364,3 +364,31 @@ def test_make_submission_works_in_memory(tiny_screen):
         assert sub.sirna.is_unique
     with pytest.raises(submit.SubmissionError, match="rows of log-probabilities"):
         submit.make_submission(lp[:-1], test, pg)
+
+
+@pytest.mark.parametrize("scale", [1.0, 60.0])
+def test_group_log_probs_match_an_exact_log_sum_exp(scale):
+    """The float32 one-pass form agrees with a float64 log-sum-exp per group, also when whole groups
+    sit hundreds of nats below a well's best class (the rows it must recompute)."""
+    rng = np.random.default_rng(0)
+    groups = [np.sort(g) for g in np.array_split(rng.permutation(layout.N_TREATMENTS), 4)]
+    pg = rules.PlateGroups(groups=groups, plate_group={}, canonical=(0, 1, 2, 3), cyclic=True)
+    z = rng.normal(0, 1, (50, layout.N_TREATMENTS)) * scale
+    z[np.arange(50), groups[0][rng.integers(0, len(groups[0]), 50)]] += 10 * scale
+    lp = plates.log_softmax(z)
+    zz = lp.astype(np.float64)
+    exact = np.stack(
+        [np.log(np.exp(zz[:, g] - zz[:, g].max(1, keepdims=True)).sum(1)) + zz[:, g].max(1)
+         for g in groups], axis=1,
+    )  # fmt: skip
+    got = plates.group_log_probs(lp, pg)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, exact, atol=1e-4 * max(1.0, scale))
+
+
+def test_golden_section_finds_the_minimum_within_its_tolerance():
+    for target in (-5.0, 0.3, 6.0):
+        got = plates.golden_section(lambda x, t=target: (x - t) ** 2 + 1.0, -6.9, 6.9, tol=0.02)
+        assert abs(got - target) < 0.02
+    # at a bound when the minimum lies outside the range
+    assert plates.golden_section(lambda x: x, -2.0, 2.0, tol=0.01) < -1.99

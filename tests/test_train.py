@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rcic import config, data, layout, metadata, models, samples, train
+from rcic import config, data, distributed, layout, metadata, models, runs, samples, train
 from rcic.config import ConfigError
 from rcic.errors import InputError
 from rcic.store import StoreError
@@ -40,6 +40,7 @@ def test_training_reduces_loss_and_leaves_a_run_folder(tiny_sites, tiny_store, t
     for name in (
         "config.yaml",
         "env.json",
+        "split.json",
         "train.log",
         "checkpoints/last.pt",
         "checkpoints/best.pt",
@@ -230,7 +231,7 @@ def _torchrun(args, tmp_path, timeout=300):
 def test_ddp_gradient_matches_single_process(tiny_screen, tiny_store, tmp_path):
     from . import ddp_worker
 
-    single, rows = ddp_worker.first_batch_gradient(tiny_screen, tiny_store, train.Dist())
+    single, rows = ddp_worker.first_batch_gradient(tiny_screen, tiny_store, distributed.Dist())
     res = _torchrun(
         [
             str(Path(ddp_worker.__file__)),
@@ -277,7 +278,9 @@ def test_torchrun_epoch_covers_every_site_and_validation_is_gathered(
     from . import ddp_worker
 
     batch = 24  # does not divide the training sites
-    _, steps, single_val, n = ddp_worker.one_epoch(tiny_screen, tiny_store, train.Dist(), batch)
+    _, steps, single_val, n = ddp_worker.one_epoch(
+        tiny_screen, tiny_store, distributed.Dist(), batch
+    )
     assert n % batch != 0
     res = _torchrun(
         [
@@ -338,7 +341,7 @@ def test_global_normalisation_predicts_with_the_training_pool(tiny_sites, tiny_s
     run = tmp_path / "run"
     cfg = _cfg("epochs=1", "normalisation=global", "deterministic=true")
     train.train(cfg, tiny_sites, tiny_store, run, progress=False)
-    model, cfg = predict.load_checkpoint(run, "last")
+    model, cfg = runs.load_checkpoint(run, "last")
     st = SiteStore(tiny_store)
     chosen = samples.select_samples(tiny_sites, st, cfg)
     expected = data.plate_norm_stats(st, "global", chosen.train_rows)[0]
@@ -374,13 +377,13 @@ def test_config_values_are_type_checked(override, key, expected):
 def test_batchnorm_is_synchronised_only_across_several_gpus():
     cfg = _cfg()
     for device, world, expect in (("cuda", 2, True), ("cpu", 2, False), ("cuda", 1, False)):
-        ctx = train.Dist(0, world, torch.device(device))
-        model = train.sync_batchnorm(models.build_model(cfg), ctx, cfg)
+        ctx = distributed.Dist(0, world, torch.device(device))
+        model = distributed.sync_batchnorm(models.build_model(cfg), ctx, cfg.sync_batchnorm)
         kinds = {type(m) for m in model.modules()}
         assert (torch.nn.SyncBatchNorm in kinds) == expect, (device, world)
         assert (torch.nn.BatchNorm2d in kinds) != expect
     off = config.load_config(None, FAST + ["sync_batchnorm=false"])
-    model = train.sync_batchnorm(
-        models.build_model(off), train.Dist(0, 2, torch.device("cuda")), off
+    model = distributed.sync_batchnorm(
+        models.build_model(off), distributed.Dist(0, 2, torch.device("cuda")), off.sync_batchnorm
     )
     assert torch.nn.SyncBatchNorm not in {type(m) for m in model.modules()}

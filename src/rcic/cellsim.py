@@ -344,8 +344,8 @@ def _state(rng, p) -> str:
     return "normal"
 
 
-def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p) -> None:
-    state = _state(rng, p)
+def _cell_sizes(rng, p, state: str, r_cell: float, elong: float):
+    """(cell radius, cell elongation, nucleus radius, nucleus elongation, gain) of one cell."""
     r_c = r_cell * np.exp(0.25 * p[D["cell_size"]] + rng.normal(0, 0.12))
     e_c = max(1.0, elong * np.exp(0.4 * p[D["cell_elongation"]] + rng.normal(0, 0.2)))
     r_n = NUCLEUS * r_cell * np.exp(0.3 * p[D["nucleus_size"]] + rng.normal(0, 0.1))
@@ -360,6 +360,12 @@ def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p) -> None:
         )
     r_c, e_c = min(r_c, MAX_RADIUS * r_cell), min(e_c, MAX_ELONGATION)
     r_n = min(r_n, 0.8 * r_c)
+    return r_c, e_c, r_n, e_n, gain
+
+
+def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p) -> None:
+    state = _state(rng, p)
+    r_c, e_c, r_n, e_n, gain = _cell_sizes(rng, p, state, r_cell, elong)
     theta = rng.uniform(0, np.pi)
     half = int(np.ceil(r_c * np.sqrt(e_c) * 1.25)) + 2
     sl, dy, dx = canvas.window(pos[0], pos[1], half)

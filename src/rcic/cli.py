@@ -217,7 +217,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a 6-channel CNN validated on held-out experiments",
-        description="Train one model and leave a run folder (config.yaml, env.json, train.log, "
+        description="Train one model and leave a run folder (config.yaml, env.json, split.json, train.log, "
         "metrics.jsonl, checkpoints/last.pt and best.pt). Validation holds out whole experiments "
         "(fold FOLD of FOLDS, balanced across cell types). Settings come from --config and KEY=VALUE "
         "overrides; `rcic train --list-keys` lists every key with its meaning. For several processes: "
@@ -313,14 +313,6 @@ def cmd_predict(args) -> int:
 
 
 def _add_submit(sub) -> None:
-    from rcic.plates import (
-        CALIBRATE,
-        CALIBRATE_DEFAULT,
-        GROUP_METHODS,
-        SHARPEN,
-        WELL_METHODS,
-    )
-
     p = sub.add_parser(
         "submit",
         help="ensemble logits, plate groups, assignment -> submission.csv",
@@ -346,26 +338,7 @@ def _add_submit(sub) -> None:
         type=Path,
         help="id_code,sirna of test wells (a synthetic screen's test_labels.csv) to score",
     )
-    p.add_argument(
-        "--stages", default="ensemble,groups,assign", help="comma-separated stages to run"
-    )
-    p.add_argument("--temperature", type=float, help="override the files' temperatures")
-    p.add_argument(
-        "--calibrate",
-        choices=CALIBRATE,
-        default=CALIBRATE_DEFAULT,
-        help="estimate a temperature from the test plates (one siRNA per well per plate): on = use "
-        "it; auto (default) = use it when the files carry none, are several, or disagree with it by "
-        "more than 2x; off = trust the files",
-    )
-    p.add_argument("--group-method", choices=GROUP_METHODS, default="loglik")
-    p.add_argument("--well-method", choices=WELL_METHODS, default="sinkhorn")
-    p.add_argument(
-        "--sharpen",
-        type=float,
-        default=SHARPEN,
-        help="sinkhorn decision: balance p ** (1 / SHARPEN); 1 = plain marginals, towards 0 = assignment",
-    )
+    _add_plate_options(p)
     p.add_argument(
         "--pseudo-out",
         type=Path,
@@ -381,9 +354,46 @@ def _add_submit(sub) -> None:
     p.set_defaults(func=cmd_submit)
 
 
+def _add_plate_options(p) -> None:
+    """The plate stages' options: stages, temperature and calibration, group and well decisions."""
+    from rcic.plates import (
+        CALIBRATE,
+        CALIBRATE_DEFAULT,
+        GROUP_METHODS,
+        SHARPEN,
+        WELL_METHOD_DEFAULT,
+        WELL_METHODS,
+    )
+
+    p.add_argument(
+        "--stages", default="ensemble,groups,assign", help="comma-separated stages to run"
+    )
+    p.add_argument("--temperature", type=float, help="override the files' temperatures")
+    p.add_argument(
+        "--calibrate",
+        choices=CALIBRATE,
+        default=CALIBRATE_DEFAULT,
+        help="estimate a temperature from the test plates (one siRNA per well per plate): on = use "
+        "it; auto (default) = use it when the files carry none, are several, or disagree with it by "
+        "more than 2x; off = trust the files",
+    )
+    p.add_argument("--group-method", choices=GROUP_METHODS, default="loglik")
+    p.add_argument(
+        "--well-method",
+        choices=WELL_METHODS,
+        default=WELL_METHOD_DEFAULT,
+        help="how each plate's wells get their siRNA (see README, Plate post-processing)",
+    )
+    p.add_argument(
+        "--sharpen",
+        type=float,
+        default=SHARPEN,
+        help="sinkhorn decision: balance p ** (1 / SHARPEN); 1 = plain marginals, towards 0 = assignment",
+    )
+
+
 def cmd_submit(args) -> int:
     from rcic import submit
-    from rcic.metrics import format_table
 
     stages = tuple(s.strip() for s in args.stages.split(","))
     unknown = set(stages) - set(submit.STAGES)
@@ -407,9 +417,17 @@ def cmd_submit(args) -> int:
         label_map=args.label_map,
         reference=args.reference,
     )
-    from rcic.plates import WELL_DECISIONS
-
     print(f"wrote {args.out} ({len(res.submission)} wells)")
+    _print_submit_summary(res, stages, args.well_method)
+    return 0
+
+
+def _print_submit_summary(res, stages: tuple[str, ...], well_method: str) -> None:
+    """Calibration, the well decision, each experiment's group order and the stage scores."""
+    from rcic.metrics import format_table
+    from rcic.plates import WELL_DECISIONS
+    from rcic.submit import POSTERIOR_FLAG
+
     cal = res.calibration
     if cal.get("mode", "off") != "off":
         print(
@@ -417,9 +435,7 @@ def cmd_submit(args) -> int:
             f"{cal['wells']} wells): {'used' if cal['used'] else 'not used'} ({cal['reason']})"
         )
     if "assign" in stages:
-        print(f"well decision ({args.well_method}): {WELL_DECISIONS[args.well_method]}")
-    from rcic.submit import POSTERIOR_FLAG
-
+        print(f"well decision ({well_method}): {WELL_DECISIONS[well_method]}")
     for exp, choice in res.post.choices.items():
         flag = f"  <- unsure (below {POSTERIOR_FLAG})" if choice.posterior < POSTERIOR_FLAG else ""
         print(

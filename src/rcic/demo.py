@@ -49,31 +49,7 @@ def run_demo(
     logits = {}
     for i, (name, cfg) in enumerate(models.items()):
         log.info("3/6 training %s (%d of %d)", name, i + 1, len(models))
-        run = out / "runs" / name
-        done = run / "checkpoints" / "last.pt"
-        if not done.exists() or _epochs_done(run) < cfg.epochs:
-            train.train(cfg, sites, store_dir, run, resume=done.exists())
-        log.info("4/6 predicting with %s", name)
-        fold = predict.predict_run(
-            run,
-            sites,
-            store_dir,
-            str(cfg.fold),
-            run / "logits-fold.npz",
-            checkpoint="last",
-            progress=False,
-        )
-        temperature = float(read_logits(fold)["temperature"])
-        logits[name] = predict.predict_run(
-            run,
-            sites,
-            store_dir,
-            "test",
-            run / "logits-test.npz",
-            checkpoint="last",
-            temperature=temperature,
-            progress=False,
-        )
+        logits[name] = _train_and_predict(cfg, out / "runs" / name, sites, store_dir)
     log.info("5/6 plate post-processing and scoring")
     table = _score(out, data, logits)
     table["minutes"] = (time.perf_counter() - t0) / 60
@@ -83,6 +59,29 @@ def run_demo(
 
     build_report(out, out / "report.html")
     return table
+
+
+def _train_and_predict(cfg: config.TrainConfig, run: Path, sites, store_dir) -> Path:
+    """Train (or finish) one run, predict its held-out fold for the temperature, then the test
+    experiments with that temperature; the test logits file."""
+    done = run / "checkpoints" / "last.pt"
+    if not done.exists() or _epochs_done(run) < cfg.epochs:
+        train.train(cfg, sites, store_dir, run, resume=done.exists())
+    log.info("4/6 predicting with %s", run.name)
+    fold = predict.predict_run(
+        run, sites, store_dir, str(cfg.fold), run / "logits-fold.npz", checkpoint="last",
+        progress=False,
+    )  # fmt: skip
+    return predict.predict_run(
+        run,
+        sites,
+        store_dir,
+        "test",
+        run / "logits-test.npz",
+        checkpoint="last",
+        temperature=float(read_logits(fold)["temperature"]),
+        progress=False,
+    )
 
 
 def same_steps(cfg: config.TrainConfig, reference: config.TrainConfig, sites, store_dir):

@@ -46,7 +46,10 @@ def infer(
     `embeddings`, ``embedding`` (N, D).
     """
     model.eval()
-    rows, logits, embs = [], [], []
+    n = len(loader.dataset)
+    rows = np.empty(n, np.int64)
+    logits = embs = None  # filled batch by batch: one (N, K) array, no list of copies
+    done = 0
     for batch in tqdm(loader, desc="predicting", unit="batch", disable=not progress):
         x = transform(batch["image"].to(device), batch["stats"].to(device), train=False)
         cell_type = batch["cell_type"].to(device)
@@ -60,11 +63,21 @@ def infer(
             acc_logit = acc_logit + out["logits"].float()
             if embeddings:
                 acc_emb = acc_emb + out["embedding"].float()
-        rows.append(batch["row"].numpy())
-        logits.append((acc_logit / len(views)).cpu().numpy())
+        b = len(batch["row"])
+        rows[done : done + b] = batch["row"].numpy()
+        if logits is None:
+            logits = np.empty((n, acc_logit.shape[1]), np.float32)
+        logits[done : done + b] = (acc_logit / len(views)).cpu().numpy()
         if embeddings:
-            embs.append((acc_emb / len(views)).cpu().numpy())
-    result = {"rows": np.concatenate(rows), "logits": np.concatenate(logits).astype(np.float32)}
+            if embs is None:
+                embs = np.empty((n, acc_emb.shape[1]), np.float32)
+            embs[done : done + b] = (acc_emb / len(views)).cpu().numpy()
+        done += b
+    result = {"rows": rows[:done], "logits": _filled(logits, done)}
     if embeddings:
-        result["embedding"] = np.concatenate(embs).astype(np.float32)
+        result["embedding"] = _filled(embs, done)
     return result
+
+
+def _filled(a: np.ndarray | None, n: int) -> np.ndarray:
+    return a[:n] if a is not None else np.zeros((0, 0), np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,34 +23,13 @@ from rcic.data import (
 from rcic.errors import InputError
 from rcic.inference import infer, resolve_device
 from rcic.logitsfile import write_logits
-from rcic.models import RcicModel, build_model, load_torch_file
+from rcic.models import RcicModel
 from rcic.plates import fit_temperature
+from rcic.runs import RunFolder, load_checkpoint
 from rcic.samples import select_samples, split_sites, store_rows
 from rcic.store import SiteStore
 
 log = logging.getLogger(__name__)
-
-
-def load_checkpoint(
-    run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"
-) -> tuple[RcicModel, TrainConfig]:
-    """The model and config of a run's checkpoint (`best`, `last` or a path)."""
-    path = (
-        Path(checkpoint)
-        if checkpoint not in ("best", "last")
-        else Path(run) / "checkpoints" / f"{checkpoint}.pt"
-    )
-    state = load_torch_file(path, "checkpoint")
-    if not {"model", "config"} <= set(state):
-        raise InputError(f"{path}: not an rcic checkpoint (it has no model and config)")
-    values = dict(state["config"])
-    values.update(weights=None, pretrained=None)  # the checkpoint holds the weights
-    cfg = TrainConfig(**values)
-    model = build_model(cfg)
-    model.load_state_dict(state["model"])
-    if "global_stats" in state:  # normalisation=global: the statistics of the training pool
-        model.global_stats = state["global_stats"].numpy()
-    return model.to(device).eval(), cfg
 
 
 def predict_logits(
@@ -137,6 +117,26 @@ def _per_well(
     return out
 
 
+@dataclass
+class _Prediction:
+    res: dict[str, np.ndarray]  # per-well arrays from predict_logits
+    chosen: pd.DataFrame  # the split's sites
+    cfg: TrainConfig
+    st: SiteStore
+    held_out: list[str] | None  # as the run recorded them
+
+
+def _predict_split(run, sites, store, split, checkpoint, device, *, treatments_only, **kw):
+    """Load a run's checkpoint and predict one split of `sites` (see predict_logits for `kw`)."""
+    device = resolve_device(device)
+    model, cfg = load_checkpoint(run, checkpoint, device)
+    held_out = RunFolder(run).held_out()
+    chosen = split_sites(sites, split, cfg, treatments_only, held_out=held_out)
+    st = SiteStore(store)
+    res = predict_logits(model, cfg, chosen, st, device=device, **kw)
+    return _Prediction(res, chosen, cfg, st, held_out)
+
+
 def predict_run(
     run: str | Path,
     sites: pd.DataFrame,
@@ -157,21 +157,10 @@ def predict_run(
     On a fold split (held-out experiments with labels) the temperature is fitted and stored;
     otherwise `temperature` (for example from a fold's file) is stored if given.
     """
-    device = resolve_device(device)
-    model, cfg = load_checkpoint(run, checkpoint, device)
-    chosen = split_sites(sites, split, cfg)
-    st = SiteStore(store)
-    res = predict_logits(
-        model,
-        cfg,
-        chosen,
-        st,
-        views=views,
-        combine=combine,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
-    )
+    res = _predict_split(
+        run, sites, store, split, checkpoint, device, treatments_only=True, views=views,
+        combine=combine, batch_size=batch_size, progress=progress,
+    ).res  # fmt: skip
     if split not in ("test", "train") and temperature is None:
         temperature = fit_temperature(res["logits"], res["sirna"])
         log.info("fitted temperature %.3f on %d held-out wells", temperature, len(res["id_code"]))
@@ -205,42 +194,31 @@ def embed_run(
     ``oof`` marks the wells that were not training samples of this model (their embeddings can
     train a head honestly): the held-out fold's experiments, and unlabelled test treatments.
     """
-    device = resolve_device(device)
-    model, cfg = load_checkpoint(run, checkpoint, device)
-    st = SiteStore(store)
-    chosen = split_sites(sites, split, cfg, treatments_only=False)
-    pseudo = (
-        pd.read_csv(cfg.pseudo_labels)
-        if cfg.pseudo_labels and Path(cfg.pseudo_labels).exists()
-        else None
-    )
-    seen = set(select_samples(sites, st, cfg, pseudo).train_rows["id_code"])
-    res = predict_logits(
-        model,
-        cfg,
-        chosen,
-        st,
-        views=views,
-        batch_size=batch_size,
-        device=device,
-        embeddings=True,
-        progress=progress,
-    )
-    wt = (
-        chosen.drop_duplicates("id_code")
-        .set_index("id_code")
-        .loc[res["id_code"], "well_type"]
-        .to_numpy(str)
-    )
-    oof = ~np.isin(res["id_code"], list(seen))
+    pr = _predict_split(
+        run, sites, store, split, checkpoint, device, treatments_only=False, views=views,
+        batch_size=batch_size, embeddings=True, progress=progress,
+    )  # fmt: skip
+    res = pr.res
+    wt = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"], "well_type"]
+    oof = ~np.isin(res["id_code"], _trained_on(sites, pr.st, pr.cfg, pr.held_out))
     return write_logits(
         out,
         res.pop("id_code"),
         res.pop("logits"),
-        well_type=wt,
+        well_type=wt.to_numpy(str),
         oof=oof,
         source=str(Path(run).resolve()),
         checkpoint=checkpoint,
         views=views,
         **res,
     )
+
+
+def _trained_on(sites: pd.DataFrame, st: SiteStore, cfg: TrainConfig, held_out) -> list[str]:
+    """The wells (id_codes) that were training samples of a run, pseudo-labelled ones included."""
+    pseudo = (
+        pd.read_csv(cfg.pseudo_labels)
+        if cfg.pseudo_labels and Path(cfg.pseudo_labels).exists()
+        else None
+    )
+    return list(set(select_samples(sites, st, cfg, pseudo, held_out).train_rows["id_code"]))

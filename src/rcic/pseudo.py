@@ -16,7 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from rcic import predict, submit, train
-from rcic.config import TrainConfig, load_config
+from rcic.config import TrainConfig
+from rcic.fileio import atomic_text
+from rcic.runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +40,15 @@ def pseudo_rounds(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    current = Path(run)
-    base = load_config(current / "config.yaml")
+    current = RunFolder(run)
+    base = current.read_config()
     history = []
     for k, fraction in enumerate(fractions, start=1):
-        logits = predict.predict_run(
-            current,
-            sites,
-            store,
-            "test",
-            out / f"round{k}-test.npz",
-            checkpoint="last",
-            progress=False,
-        )
-        pseudo_csv = out / f"round{k}-pseudo.csv"
-        submit.run_submit(
-            [logits],
-            data,
-            out / f"round{k}-submission.csv",
-            pseudo_out=pseudo_csv,
-            pseudo_top=fraction,
-            labels=labels,
-        )
-        chosen = pd.read_csv(pseudo_csv)
-        record = {"round": k, "fraction": fraction, "pseudo_labels": len(chosen)}
-        if labels:
-            truth = pd.read_csv(labels).set_index("id_code")["sirna"]
-            record["pseudo_label_accuracy"] = float(
-                (chosen["sirna"].to_numpy() == truth.loc[chosen["id_code"]].to_numpy()).mean()
-            )
+        pseudo_csv, record = _pseudo_labels(current, sites, data, store, out, k, fraction, labels)
         cfg: TrainConfig = replace(
             base,
             pseudo_labels=str(pseudo_csv),
-            weights=str(current / "checkpoints" / "last.pt"),
+            weights=str(current.checkpoint("last")),
             pretrained=None,
             epochs=epochs or base.epochs,
             warmup_epochs=0.0,
@@ -80,6 +58,31 @@ def pseudo_rounds(
         record["run"] = str(next_run)
         history.append(record)
         log.info("pseudo-label round %d: %s", k, record)
-        current = next_run
-    (out / "rounds.json").write_text(json.dumps(history, indent=1))
+        current = RunFolder(next_run)
+    atomic_text(out / "rounds.json", json.dumps(history, indent=1))
     return history
+
+
+def _pseudo_labels(current, sites, data, store, out, k, fraction, labels) -> tuple[Path, dict]:
+    """Predict the test wells with `current`, assign them per plate, keep the surest `fraction`."""
+    logits = predict.predict_run(
+        current.root, sites, store, "test", out / f"round{k}-test.npz", checkpoint="last",
+        progress=False,
+    )  # fmt: skip
+    pseudo_csv = out / f"round{k}-pseudo.csv"
+    submit.run_submit(
+        [logits],
+        data,
+        out / f"round{k}-submission.csv",
+        pseudo_out=pseudo_csv,
+        pseudo_top=fraction,
+        labels=labels,
+    )
+    chosen = pd.read_csv(pseudo_csv)
+    record = {"round": k, "fraction": fraction, "pseudo_labels": len(chosen)}
+    if labels:
+        truth = pd.read_csv(labels).set_index("id_code")["sirna"]
+        record["pseudo_label_accuracy"] = float(
+            (chosen["sirna"].to_numpy() == truth.loc[chosen["id_code"]].to_numpy()).mean()
+        )
+    return pseudo_csv, record

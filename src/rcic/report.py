@@ -160,6 +160,18 @@ def stage_tables(stages_path: Path, demo_path: Path | None) -> str:
     return "".join(parts)
 
 
+def _plate_title(plate: str, groups: pd.DataFrame) -> str:
+    """EXP_PLATE, with its chosen group, the order's margin and the plate's posterior if known."""
+    exp, p = plate.rsplit("_", 1)
+    g = groups[(groups.experiment == exp) & (groups.plate == int(p))] if len(groups) else groups
+    if not len(g):
+        return plate
+    title = f"{plate}  group {int(g.group.iloc[0])}, margin {g.margin.iloc[0]:.1f}"
+    if "plate_posterior" in g and np.isfinite(g.plate_posterior.iloc[0]):
+        title += f", P {g.plate_posterior.iloc[0]:.3f}"
+    return title
+
+
 def plate_maps(data: Path, submission: Path, stages_path: Path) -> str:
     sub = pd.read_csv(submission)
     labels = pd.read_csv(data / "test_labels.csv") if (data / "test_labels.csv").exists() else None
@@ -193,19 +205,7 @@ def plate_maps(data: Path, submission: Path, stages_path: Path) -> str:
                 r, c = layout.well_position(code.rsplit("_", 1)[1])
                 grid[r, c] = s
         ax.imshow(grid, cmap=cmap, vmin=0, vmax=3)
-        exp, p = plate.rsplit("_", 1)
-        g = groups[(groups.experiment == exp) & (groups.plate == int(p))] if len(groups) else groups
-        title = plate + (
-            f"  group {int(g.group.iloc[0])}, margin {g.margin.iloc[0]:.1f}"
-            + (
-                f", P {g.plate_posterior.iloc[0]:.3f}"
-                if "plate_posterior" in g and np.isfinite(g.plate_posterior.iloc[0])
-                else ""
-            )
-            if len(g)
-            else ""
-        )
-        ax.set_title(title, fontsize=8)
+        ax.set_title(_plate_title(plate, groups), fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[len(plates) :]:

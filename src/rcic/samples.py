@@ -56,12 +56,18 @@ def store_rows(st: SiteStore, sites: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_sites(
-    sites: pd.DataFrame, split: str, cfg: TrainConfig, treatments_only: bool = True
+    sites: pd.DataFrame,
+    split: str,
+    cfg: TrainConfig,
+    treatments_only: bool = True,
+    held_out: list[str] | None = None,
 ) -> pd.DataFrame:
     """Sites of a split: ``test``, ``train`` or a fold number (its held-out experiments).
 
-    Treatment wells only unless `treatments_only` is False (embeddings take the controls too). Both
-    sites of each well, unless the run trained on site 1 alone.
+    For the run's own fold, `held_out` (the experiments recorded when it trained) is used when
+    given; other folds are recomputed from the config. Treatment wells only unless
+    `treatments_only` is False (embeddings take the controls too). Both sites of each well, unless
+    the run trained on site 1 alone.
     """
     chosen = sites[sites["well_type"] == "treatment"] if treatments_only else sites
     if cfg.sites == "1":  # a model trained on one site predicts from that site
@@ -72,10 +78,24 @@ def split_sites(
         fold = int(split)
     except ValueError:
         raise InputError(f"split {split!r}: expected test, train or a fold number") from None
-    exps = fold_experiments(sites, cfg, fold)
+    exps = (
+        held_out
+        if held_out is not None and fold == cfg.fold
+        else fold_experiments(sites, cfg, fold)
+    )
+    if fold != cfg.fold:
+        log.warning(
+            "split %d: the run held out fold %d; fold %d's experiments were training data",
+            fold, cfg.fold, fold,
+        )  # fmt: skip
     if not exps:
         raise InputError(
             f"split {split}: fold {fold} holds no experiments (the run has {cfg.folds} folds)"
+        )
+    absent = sorted(set(exps) - set(sites["experiment"]))
+    if absent:
+        raise InputError(
+            f"split {split}: the run held out {absent}, which this metadata does not have"
         )
     return chosen[chosen["experiment"].isin(exps)]
 
@@ -89,10 +109,18 @@ class Samples:
 
 
 def select_samples(
-    sites: pd.DataFrame, st: SiteStore, cfg: TrainConfig, pseudo: pd.DataFrame | None = None
+    sites: pd.DataFrame,
+    st: SiteStore,
+    cfg: TrainConfig,
+    pseudo: pd.DataFrame | None = None,
+    held_out: list[str] | None = None,
 ) -> Samples:
-    """Training and validation sites: validation holds out whole experiments (fold `cfg.fold`)."""
-    val_exps = fold_experiments(sites, cfg, cfg.fold) if cfg.fold >= 0 else []
+    """Training and validation sites: validation holds out whole experiments (fold `cfg.fold`, or
+    `held_out` when given: the experiments a run recorded)."""
+    if held_out is not None:
+        val_exps = sorted(held_out)
+    else:
+        val_exps = fold_experiments(sites, cfg, cfg.fold) if cfg.fold >= 0 else []
     index = store_rows(st, sites)
     if cfg.sites == "1":
         index = index[index["site"] == 1]

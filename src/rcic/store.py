@@ -101,17 +101,50 @@ def pack(
     if part is None:
         _fold_parts(out, group, require_all=False)
     tag = _part_tag(part)
-    state = _known_state(group)
-    todo = np.flatnonzero((state != PACKED) & part_mask(index, part))
-    skipped = int((part_mask(index, part) & (state == PACKED)).sum())
-    if skipped:
-        log.info("resuming %s: %d of %d sites already packed", out, skipped, len(todo) + skipped)
+    todo, skipped = _todo(out, group, index, part)
     if compression == "none":  # the size is known: refuse before writing what cannot fit
         _check_space(out, len(todo) * len(layout.CHANNELS) * size * size)
+    failures = _pack_todo(out, group, data_dir, index, todo, size, workers, tag)
+    _write_failed(out, index, failures, tag)
+    if failures and strict:
+        raise StoreError(_failed_message(out, failures, "and --strict was given"))
+    result = PackResult(packed=len(todo) - len(failures), failed=len(failures), skipped=skipped)
+    if part is not None:
+        atomic_text(out / f"part.{tag}.done", "")
+        if not _fold_parts(out, group, require_all=True):
+            log.info("%s: part %s done; the store completes when every part is", out, tag)
+            return result
+    state = group["state"][:]
+    if (state == FAILED).all():
+        raise StoreError(_failed_message(out, failures, "which is every site"))
+    write_stats(out)
+    _update_meta(out, complete=True, failed=int((state == FAILED).sum()))
+    return result
+
+
+def _todo(out, group, index: pd.DataFrame, part) -> tuple[np.ndarray, int]:
+    """Sites of this part still to pack, and how many of its sites are packed already."""
+    state = _known_state(group)
+    mine = part_mask(index, part)
+    todo = np.flatnonzero((state != PACKED) & mine)
+    skipped = int((mine & (state == PACKED)).sum())
+    if skipped:
+        log.info("resuming %s: %d of %d sites already packed", out, skipped, len(todo) + skipped)
+    return todo, skipped
+
+
+def _failed_message(out: Path, failures: dict[int, str], why: str) -> str:
+    first = "; ".join(failures[i] for i in sorted(failures)[:3])
+    return (
+        f"{len(failures)} site(s) could not be read, {why}: {first} "
+        f"(all listed in {out / 'failed.csv'})"
+    )
+
+
+def _pack_todo(out, group, data_dir, index, todo, size, workers, tag) -> dict[int, str]:
+    """Pack the `todo` sites; a full disk becomes a StoreError saying how to resume."""
     try:
-        failures = _pack_sites(
-            group, data_dir, index, todo, size, workers or os.cpu_count() or 1, tag
-        )
+        return _pack_sites(group, data_dir, index, todo, size, workers or os.cpu_count() or 1, tag)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
@@ -120,25 +153,6 @@ def pack(
             f"{out}: the disk is full ({_mb(free)} free); the sites written so far are kept: free "
             f"some space and run `rcic prepare` again to finish (it resumes)"
         ) from None
-    _write_failed(out, index, failures, tag)
-    n_failed = len(failures)
-    first = "; ".join(failures[i] for i in sorted(failures)[:3])
-    if n_failed and strict:
-        raise StoreError(
-            f"{n_failed} site(s) could not be read, and --strict was given: {first}"
-            + (f" (all listed in {out / 'failed.csv'})" if n_failed > 3 else "")
-        )
-    if part is not None:
-        atomic_text(out / f"part.{tag}.done", "")
-        if not _fold_parts(out, group, require_all=True):
-            log.info("%s: part %s done; the store completes when every part is", out, tag)
-            return PackResult(packed=len(todo) - n_failed, failed=n_failed, skipped=skipped)
-    state = group["state"][:]
-    if (state == FAILED).all():
-        raise StoreError(f"no site could be read: {first} (all listed in {out / 'failed.csv'})")
-    write_stats(out)
-    _update_meta(out, complete=True, failed=int((state == FAILED).sum()))
-    return PackResult(packed=len(todo) - n_failed, failed=n_failed, skipped=skipped)
 
 
 def parse_part(text: str) -> tuple[int, int]:

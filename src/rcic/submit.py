@@ -27,6 +27,7 @@ from rcic.plates import (
     CALIBRATE_DEFAULT,
     SHARPEN,
     WELL_DECISIONS,
+    WELL_METHOD_DEFAULT,
     PostResult,
     choose_groups,
     estimate_temperature,
@@ -51,14 +52,17 @@ def combine_logits(
     weights: list[float] | None = None,
     mode: str = "logprob",
     temperature: float | None = None,
+    ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Weighted mean of several logits files, each first divided by its own temperature.
 
     Args:
         mode: ``logprob`` averages log-softmax outputs; ``logits`` averages raw (calibrated) logits.
         temperature: override every file's stored temperature.
+        ids: the wells wanted, in this order (each file must hold exactly these); default: the
+            first file's wells, sorted.
 
-    Returns id_code, treatment log-probabilities (N, 1108) with rows sorted by id_code, and
+    Returns id_code, treatment log-probabilities (N, 1108) with rows in the order of `ids`, and
     whether every file carried a fitted temperature (or `temperature` was given).
     """
     if mode not in ("logprob", "logits"):
@@ -68,24 +72,16 @@ def combine_logits(
     weights = list(weights) if weights else [1.0] * len(paths)
     if len(weights) != len(paths):
         raise SubmissionError(f"{len(weights)} weights for {len(paths)} logits files")
-    ids, total, calibrated = None, 0.0, True
+    total, calibrated = 0.0, True
     for path, w in zip(paths, weights, strict=True):
         f = read_logits(path)
         if temperature is None and "temperature" not in f:
             calibrated = False
-        t = temperature or float(f.get("temperature", 1.0))
-        order = np.argsort(f["id_code"])
-        these = f["id_code"][order]
         if ids is None:
-            ids = these
-        elif len(these) != len(ids) or (these != ids).any():
-            only_a = sorted(set(ids) - set(these))[:3]
-            only_b = sorted(set(these) - set(ids))[:3]
-            raise SubmissionError(
-                f"{path} covers other wells than {paths[0]}: missing {only_a}, extra {only_b}"
-            )
-        z = np.asarray(f["logits"][order, : layout.N_TREATMENTS], dtype=np.float32)
-        z /= np.float32(t)
+            ids = np.sort(f["id_code"])
+        order = _rows_of(f["id_code"], ids, path)
+        z = f["logits"][order, : layout.N_TREATMENTS].astype(np.float32, copy=False)
+        z /= np.float32(temperature or float(f.get("temperature", 1.0)))
         if mode == "logprob":
             z = log_softmax(z, copy=False)
         if len(paths) == 1:
@@ -94,12 +90,27 @@ def combine_logits(
     return ids, log_softmax(total / np.float32(sum(weights)), copy=False), calibrated
 
 
+def _rows_of(have: np.ndarray, want: np.ndarray, path) -> np.ndarray:
+    """Row of `have` holding each id of `want`; SubmissionError unless they are the same set."""
+    order = np.argsort(have)
+    at = np.searchsorted(have, want, sorter=order).clip(0, len(have) - 1)
+    rows = order[at]
+    if len(have) != len(want) or (have[rows] != want).any():
+        missing = sorted(set(want) - set(have))
+        extra = sorted(set(have) - set(want))
+        raise SubmissionError(
+            f"{path}: covers other wells than test.csv (or the first file): {len(missing)} "
+            f"missing (e.g. {missing[:3]}), {len(extra)} extra (e.g. {extra[:3]})"
+        )
+    return rows
+
+
 @dataclass
 class SubmitOptions:
     """How `make_submission` turns per-well log-probabilities into one siRNA per well."""
 
     group_method: str = "loglik"
-    well_method: str = "sinkhorn"
+    well_method: str = WELL_METHOD_DEFAULT
     sharpen: float = SHARPEN
     calibrate: str = CALIBRATE_DEFAULT
     stages: tuple[str, ...] = STAGES
@@ -160,6 +171,20 @@ def make_submission(
     return SubmitResult(submission, post, scores, groups, calibration, options)
 
 
+def _stages_report(res: SubmitResult, options: SubmitOptions, logits, seconds: float) -> dict:
+    """What stages.json records of a submission."""
+    return {
+        "stages": res.scores,
+        "groups": res.groups.to_dict("records"),
+        "group_method": options.group_method,
+        "well_method": options.well_method,
+        "well_decision": WELL_DECISIONS[options.well_method],
+        "calibration": res.calibration,
+        "files": [str(p) for p in logits],
+        "seconds": seconds,
+    }
+
+
 def run_submit(
     logits: list[str | Path],
     metadata_dir: str | Path,
@@ -186,9 +211,9 @@ def run_submit(
     sites = load_metadata(metadata_dir, label_map=label_map, reference=reference)
     wells = wells_of(sites)
     test = _test_wells(metadata_dir, wells)
-    ids, lp, calibrated = combine_logits(logits, weights, mode, temperature)
-    _check_coverage(ids, test, logits)
-    lp = lp[np.searchsorted(ids, test["id_code"].to_numpy())]
+    _, lp, calibrated = combine_logits(
+        logits, weights, mode, temperature, ids=test["id_code"].to_numpy()
+    )
     pg = discover_groups(wells)
     _check_plate_sizes(test, pg)
     truth = _read_labels(labels, test) if labels else None
@@ -197,16 +222,7 @@ def run_submit(
     )
     validate_submission(res.submission, metadata_dir)
     atomic_csv(res.submission, Path(out))
-    report = {
-        "stages": res.scores,
-        "groups": res.groups.to_dict("records"),
-        "group_method": options.group_method,
-        "well_method": options.well_method,
-        "well_decision": WELL_DECISIONS[options.well_method],
-        "calibration": res.calibration,
-        "files": [str(p) for p in logits],
-        "seconds": time.perf_counter() - t0,
-    }
+    report = _stages_report(res, options, logits, time.perf_counter() - t0)
     atomic_text(Path(out).with_name("stages.json"), json.dumps(report, indent=1, default=_jsonable))
     if pseudo_out:
         write_pseudo_labels(pseudo_out, test, res.post, pseudo_top)
@@ -292,17 +308,6 @@ def _test_wells(metadata_dir, wells: pd.DataFrame) -> pd.DataFrame:
     else:  # rxrx1 v1.0: test treatments of metadata.csv
         order = wells.loc[(wells.split == "test") & (wells.well_type == "treatment"), "id_code"]
     return wells.set_index("id_code").loc[order.to_numpy()].reset_index()
-
-
-def _check_coverage(ids: np.ndarray, test: pd.DataFrame, paths) -> None:
-    want = set(test["id_code"])
-    have = set(ids)
-    missing, extra = sorted(want - have), sorted(have - want)
-    if missing or extra:
-        raise SubmissionError(
-            f"{paths[0]}: logits do not match test.csv: {len(missing)} test wells missing "
-            f"(e.g. {missing[:3]}), {len(extra)} wells not in test.csv (e.g. {extra[:3]})"
-        )
 
 
 def _check_plate_sizes(test: pd.DataFrame, pg: PlateGroups) -> None:

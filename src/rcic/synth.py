@@ -237,6 +237,16 @@ def sirna_phenotypes(spec: Preset, seed: int) -> cellsim.Phenotypes:
 # --- writing a dataset ----------------------------------------------------------------------
 
 
+def _resolve_spec(preset: str | Preset, image_size: int | None) -> Preset:
+    """The preset (by name or as given), its cells scaled with the image when resized."""
+    spec = PRESETS[preset] if isinstance(preset, str) else preset
+    if image_size:
+        spec = replace(
+            spec, image_size=image_size, cell_radius=spec.cell_radius * image_size / spec.image_size
+        )
+    return spec
+
+
 def generate(
     out: str | Path,
     preset: str | Preset = "tiny",
@@ -262,11 +272,7 @@ def generate(
     """
     if render not in ("cells", "noise"):
         raise InputError(f"render {render!r}: expected cells or noise")
-    spec = PRESETS[preset] if isinstance(preset, str) else preset
-    if image_size:
-        spec = replace(
-            spec, image_size=image_size, cell_radius=spec.cell_radius * image_size / spec.image_size
-        )
+    spec = _resolve_spec(preset, image_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     wells, truth = layout_from(layout_dir, seed) if layout_dir else make_layout(spec, seed)

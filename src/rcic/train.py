@@ -1,39 +1,26 @@
-"""The training loop: one run folder per run, resumable, data-parallel under torchrun.
+"""The training loop: resumable, data-parallel under torchrun.
 
-Run folder::
-
-    RUN/config.yaml        resolved configuration
-    RUN/env.json           git revision, library versions, device, world size
-    RUN/train.log          the log
-    RUN/metrics.jsonl      one JSON object per epoch (loss, speed, held-out accuracy tables)
-    RUN/checkpoints/{last,best}.pt   model, optimiser, scheduler, scaler, epoch, RNG states
+`train` leaves a run folder (layout and checkpoint format in :mod:`rcic.runs`); the loop's
+state (model, optimiser, loaders, epoch, best score) lives in one :class:`Trainer`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import platform
-import random
-import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rcic import layout
-from rcic.config import ConfigError, TrainConfig, save_config, to_dict
+from rcic.config import ConfigError, TrainConfig
 from rcic.data import (
     BatchTransform,
     EpochBatches,
@@ -43,137 +30,24 @@ from rcic.data import (
     mix_batch,
     plate_norm_stats,
 )
+from rcic.distributed import (
+    Dist,
+    all_reduce_sum,
+    any_rank,
+    gather,
+    seed_everything,
+    setup_distributed,
+    sync_batchnorm,
+)
 from rcic.errors import TrainingError
-from rcic.fileio import atomic_path
 from rcic.inference import autocast, infer
 from rcic.metrics import accuracy_table, treatment_argmax
-from rcic.models import build_model, compute_loss, load_torch_file
-from rcic.samples import select_samples
+from rcic.models import build_model, compute_loss
+from rcic.runs import RunFolder, environment, restore, run_log, training_state
+from rcic.samples import Samples, select_samples
 from rcic.store import SiteStore, StoreError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Dist:
-    """Where this process stands in a (possibly single-process) data-parallel run."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank, world, dev)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-# --- samples --------------------------------------------------------------------------------
-
-
-# --- run folder -----------------------------------------------------------------------------
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def environment(ctx: Dist) -> dict:
-    import timm
-
-    return {
-        "git": git_revision(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "device": str(ctx.device),
-        "world_size": ctx.world,
-        "cpu_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else None,
-    }
-
-
-@contextmanager
-def run_log(out: Path, enabled: bool):
-    """Copy rcic's log records into RUN/train.log for the duration of the run."""
-    if not enabled:
-        yield
-        return
-    handler = logging.FileHandler(out / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("rcic")
-    root.addHandler(handler)
-    if root.getEffectiveLevel() > logging.INFO:
-        root.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary name, then rename: a crash never leaves a half-written checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def rng_state() -> dict:
-    """RNG states as plain types and tensors, so checkpoints load with torch.load(weights_only=True)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "python": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(state["python"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --- the loop -------------------------------------------------------------------------------
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -240,7 +114,7 @@ def train(
         stop_after_epoch: end this process after that many epochs (the run stays resumable);
             used to test resuming and to split long runs.
     """
-    out = Path(out)
+    folder = RunFolder(out)
     ctx = setup_distributed(cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
     st = SiteStore(store_path)
@@ -257,24 +131,41 @@ def train(
         )
     model = build_model(cfg).to(ctx.device)
     check_input_size(model, cfg, size, ctx.device)
-    ckpt_dir = out / "checkpoints"
     if ctx.main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        folder.checkpoints.mkdir(parents=True, exist_ok=True)
         if not resume:
-            save_config(cfg, out / "config.yaml")
             env = {
-                **environment(ctx),
+                **environment(ctx.device, ctx.world),
                 "store": st.url or str(Path(store_path).resolve()),
                 "n_train_samples": len(samples.train_rows),
-                "held_out_experiments": samples.val_experiments,
             }
-            (out / "env.json").write_text(json.dumps(env, indent=1))
-            (out / "metrics.jsonl").write_text("")
-    with run_log(out, ctx.main):
-        return _fit(cfg, ctx, st, samples, model, size, out, resume, progress, stop_after_epoch)
+            folder.start(cfg, env, split_record(cfg, samples))
+    with run_log(folder, ctx.main):
+        trainer = Trainer.build(cfg, ctx, st, samples, model, size, folder, resume=resume)
+        return trainer.fit(progress, stop_after_epoch)
 
 
-def _loaders(cfg, ctx, st, samples, size):
+def split_record(cfg: TrainConfig, samples: Samples) -> dict:
+    """What RUN/split.json records: the fold rule's inputs and the experiments it gave."""
+    return {
+        "fold": cfg.fold,
+        "folds": cfg.folds,
+        "seed": cfg.seed,
+        "held_out_experiments": samples.val_experiments,
+        "train_experiments": sorted(samples.train_rows["experiment"].astype(str).unique()),
+    }
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    sampler: EpochBatches
+    train_stats: np.ndarray  # per training sample: (6, 2) normalisation statistics
+
+
+def make_loaders(cfg: TrainConfig, ctx: Dist, st: SiteStore, samples: Samples) -> Loaders:
+    """Training batches (every sample once per epoch over all ranks) and this rank's validation shard."""
     cache_train = cache_fits(st, len(samples.train_rows), cfg.cache_mb)
     train_stats = plate_norm_stats(st, cfg.normalisation, samples.train_rows)
     if cfg.normalisation == "global":  # the held-out experiments use the training pool too
@@ -294,149 +185,141 @@ def _loaders(cfg, ctx, st, samples, size):
         "num_workers": cfg.num_workers,
         "persistent_workers": cfg.num_workers > 0,
         "pin_memory": ctx.device.type == "cuda",
+        "collate_fn": collate_batch,
     }
-    train_loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_batch, **kw)
     shard = torch.utils.data.Subset(val_set, range(ctx.rank, len(val_set), ctx.world))
-    val_loader = DataLoader(
-        shard,
-        batch_size=max(1, 2 * cfg.batch_size // ctx.world),
-        shuffle=False,
-        collate_fn=collate_batch,
-        **kw,
+    return Loaders(
+        DataLoader(train_set, batch_sampler=sampler, **kw),
+        DataLoader(shard, batch_size=max(1, 2 * cfg.batch_size // ctx.world), shuffle=False, **kw),
+        sampler,
+        train_stats,
     )
-    return train_loader, val_loader, sampler
 
 
-def _fit(cfg, ctx, st, samples, model, size, out, resume, progress, stop_after_epoch) -> dict:
-    train_loader, val_loader, sampler = _loaders(cfg, ctx, st, samples, size)
-    steps = max(1, len(train_loader) // cfg.accumulate)
-    opt = make_optimizer(model, cfg)
-    sched = make_scheduler(opt, cfg, steps)
-    start_epoch, best = 0, -1.0
-    ckpt_dir = out / "checkpoints"
-    if resume:
-        start_epoch, best = _restore(ckpt_dir / "last.pt", model, opt, sched, ctx)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = sync_batchnorm(model, ctx, cfg)
-    wrapped = DistributedDataParallel(model) if ctx.world > 1 else model
-    if cfg.compile:
-        wrapped = torch.compile(wrapped)
-    transform = BatchTransform(size, cfg.flips, cfg.zoom, cfg.intensity_jitter)
-    log.info(
-        "training %s on %d samples (%d held-out sites of %s), %d px, %d epochs, world %d, device %s",
-        cfg.backbone,
-        len(samples.train_rows),
-        len(samples.val_rows),
-        samples.val_experiments,
-        size,
-        cfg.epochs,
-        ctx.world,
-        ctx.device,
-    )
-    row = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        loss, speed = _train_epoch(
-            wrapped, train_loader, transform, opt, sched, cfg, ctx, epoch, progress, ckpt_dir
+@dataclass
+class Trainer:
+    """The state of one training run between epochs."""
+
+    cfg: TrainConfig
+    ctx: Dist
+    folder: RunFolder
+    samples: Samples
+    loaders: Loaders
+    model: nn.Module  # the bare model (its state is what checkpoints hold)
+    wrapped: nn.Module  # what the loop calls: the model, under DDP and/or torch.compile
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    transform: BatchTransform
+    start_epoch: int = 0
+    best: float = -1.0
+
+    @classmethod
+    def build(cls, cfg, ctx, st, samples, model, size, folder, *, resume=False) -> Trainer:
+        loaders = make_loaders(cfg, ctx, st, samples)
+        opt = make_optimizer(model, cfg)
+        sched = make_scheduler(opt, cfg, max(1, len(loaders.train) // cfg.accumulate))
+        start_epoch, best = 0, -1.0
+        if resume:
+            start_epoch, best = restore(folder.checkpoint("last"), model, opt, sched, ctx.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model = sync_batchnorm(model, ctx, cfg.sync_batchnorm)
+        wrapped = DistributedDataParallel(model) if ctx.world > 1 else model
+        if cfg.compile:
+            wrapped = torch.compile(wrapped)
+        transform = BatchTransform(size, cfg.flips, cfg.zoom, cfg.intensity_jitter)
+        return cls(cfg, ctx, folder, samples, loaders, model, wrapped, opt, sched, transform,
+                   start_epoch, best)  # fmt: skip
+
+    def fit(self, progress: bool = True, stop_after_epoch: int | None = None) -> dict:
+        """Train from `start_epoch` to the configured epochs; the last epoch's metrics."""
+        cfg, s = self.cfg, self.samples
+        log.info(
+            "training %s on %d samples (%d held-out sites of %s), %d px, %d epochs, world %d, device %s",
+            cfg.backbone, len(s.train_rows), len(s.val_rows), s.val_experiments,
+            self.transform.out_size, cfg.epochs, self.ctx.world, self.ctx.device,
+        )  # fmt: skip
+        row = {}
+        for epoch in range(self.start_epoch, cfg.epochs):
+            self.loaders.sampler.set_epoch(epoch)
+            loss, speed = self.train_epoch(epoch, progress)
+            row = {"epoch": epoch + 1, "loss": loss, "images_per_s": speed,
+                   "lr": self.sched.get_last_lr()[0]}  # fmt: skip
+            if len(s.val_rows):  # every rank scores its shard; the metrics see all of them
+                row["val"] = validate(
+                    self.model, self.loaders.val, self.transform, s.val_rows, self.ctx, cfg
+                )
+            self.end_epoch(epoch, row)
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+                break
+        return row
+
+    def end_epoch(self, epoch: int, row: dict) -> None:
+        """Log the epoch, append its metrics, save `last` (and `best` when the score improved)."""
+        score = row.get("val", {}).get("overall", -row["loss"])
+        if self.ctx.main:
+            self.folder.record_epoch(row)
+            state = training_state(
+                self.model, self.opt, self.sched, epoch + 1, max(self.best, score), self.cfg
+            )
+            if self.cfg.normalisation == "global":  # prediction uses the training pool
+                state["global_stats"] = torch.from_numpy(self.loaders.train_stats[0].copy())
+            self.folder.save_checkpoint("last", state)
+            if score > self.best:
+                self.folder.save_checkpoint("best", state)
+        self.best = max(self.best, score)
+        self.ctx.barrier()
+
+    def train_epoch(self, epoch: int, progress: bool) -> tuple[float, float]:
+        """One pass over this rank's batches; (mean loss, images/s) over all ranks."""
+        cfg, ctx = self.cfg, self.ctx
+        self.wrapped.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_009 + ctx.rank)
+        total, count, n_images, t0 = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(self.loaders.train, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not (progress and ctx.main), leave=False)  # fmt: skip
+        self.opt.zero_grad(set_to_none=True)
+        for i, batch in enumerate(bar):
+            loss, n = self.step(batch, gen, epoch, i)
+            total += loss * cfg.accumulate
+            count += 1
+            n_images += n
+            speed = n_images * ctx.world / (time.perf_counter() - t0)  # estimate while running
+            bar.set_postfix(loss=f"{total / count:.3f}", img_s=f"{speed:.0f}")
+        seconds = time.perf_counter() - t0
+        # the epoch's loss and speed over all ranks, not rank 0's alone
+        total, count, n_images = all_reduce_sum([total, count, n_images], ctx)
+        return total / max(count, 1), n_images / seconds
+
+    def step(self, batch: dict, gen: torch.Generator, epoch: int, i: int) -> tuple[float, int]:
+        """Forward and backward of batch `i`; an optimiser step every `accumulate` batches."""
+        cfg, dev = self.cfg, self.ctx.device
+        x = self.transform(
+            batch["image"].to(dev, non_blocking=True), batch["stats"].to(dev), True, gen
         )
-        row = {
-            "epoch": epoch + 1,
-            "loss": loss,
-            "images_per_s": speed,
-            "lr": sched.get_last_lr()[0],
-        }
-        if len(samples.val_rows):  # every rank scores its shard; the metrics see all of them
-            row["val"] = validate(model, val_loader, transform, samples.val_rows, ctx, cfg)
-        score = row.get("val", {}).get("overall", -loss)
-        if ctx.main:
-            _log_epoch(row)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            state = _state(model, opt, sched, epoch + 1, max(best, score), cfg)
-            if cfg.normalisation == "global":  # prediction must use the training pool, not its own
-                state["global_stats"] = torch.from_numpy(train_loader.dataset.stats[0].copy())
-            save_checkpoint(ckpt_dir / "last.pt", state)
-            if score > best:
-                save_checkpoint(ckpt_dir / "best.pt", state)
-        best = max(best, score)
-        if ctx.world > 1:
-            dist.barrier()
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
-    return row
-
-
-def sync_batchnorm(model: nn.Module, ctx: Dist, cfg: TrainConfig) -> nn.Module:
-    """BatchNorm layers made SyncBatchNorm when several CUDA ranks train (cfg.sync_batchnorm);
-    the model unchanged otherwise (PyTorch's SyncBatchNorm needs CUDA and NCCL)."""
-    if not (cfg.sync_batchnorm and ctx.world > 1 and ctx.device.type == "cuda"):
-        return model
-    log.info("BatchNorm synchronised across %d GPUs", ctx.world)
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
-def _train_epoch(
-    model, loader, transform, opt, sched, cfg, ctx, epoch, progress, ckpt_dir
-) -> tuple[float, float]:
-    model.train()
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_009 + ctx.rank)
-    total, count, t0, n_images = 0.0, 0, time.perf_counter(), 0
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        unit="batch",
-        disable=not (progress and ctx.main),
-        leave=False,
-    )
-    opt.zero_grad(set_to_none=True)
-    for i, batch in enumerate(bar):
-        x = transform(
-            batch["image"].to(ctx.device, non_blocking=True),
-            batch["stats"].to(ctx.device),
-            True,
-            gen,
-        )
-        labels = batch["label"].to(ctx.device)
-        x, ya, yb, lam = mix_batch(x, labels, cfg.mixup, cfg.cutmix, gen)
+        x, ya, yb, lam = mix_batch(x, batch["label"].to(dev), cfg.mixup, cfg.cutmix, gen)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(ctx.device, cfg.amp):
-            out = model(x, batch["cell_type"].to(ctx.device))
+        with autocast(dev, cfg.amp):
+            out = self.wrapped(x, batch["cell_type"].to(dev))
         loss = compute_loss(out, ya, yb, lam, cfg) / cfg.accumulate
         loss.backward()
-        if _any_rank_not_finite(loss, ctx):  # every rank learns it, so all stop together
-            last = ckpt_dir / "last.pt"
-            kept = (
-                f"the last good checkpoint is {last}"
-                if last.exists()
-                else "no epoch had finished, so there is no checkpoint"
-            )
+        if any_rank(not torch.isfinite(loss.detach()).item(), self.ctx):  # all ranks stop together
             raise TrainingError(
-                f"the loss became NaN or infinite at epoch {epoch + 1}, batch {i + 1}; {kept}. Lower lr, or set amp=false."
+                f"the loss became NaN or infinite at epoch {epoch + 1}, batch {i + 1}; "
+                f"{self._kept()}. Lower lr, or set amp=false."
             )
         if (i + 1) % cfg.accumulate == 0:
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-        total += loss.item() * cfg.accumulate
-        count += 1
-        n_images += x.shape[0]
-        speed = n_images * ctx.world / (time.perf_counter() - t0)  # estimate while running
-        bar.set_postfix(loss=f"{total / count:.3f}", img_s=f"{speed:.0f}")
-    seconds = time.perf_counter() - t0
-    if ctx.world > 1:  # the epoch's loss and speed over all ranks, not rank 0's alone
-        sums = torch.tensor([total, count, n_images], dtype=torch.float64, device=ctx.device)
-        dist.all_reduce(sums)
-        total, count, n_images = sums.tolist()
-    return total / max(count, 1), n_images / seconds
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+        return loss.item(), x.shape[0]
 
-
-def _any_rank_not_finite(loss: torch.Tensor, ctx: Dist) -> bool:
-    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
-    if ctx.world > 1:
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-    return bool(bad.item())
+    def _kept(self) -> str:
+        last = self.folder.checkpoint("last")
+        if last.exists():
+            return f"the last good checkpoint is {last}"
+        return "no epoch had finished, so there is no checkpoint"
 
 
 def validate(model, loader, transform, rows: pd.DataFrame, ctx: Dist, cfg: TrainConfig) -> dict:
@@ -445,62 +328,18 @@ def validate(model, loader, transform, rows: pd.DataFrame, ctx: Dist, cfg: Train
     Under torchrun each rank's loader holds a shard of the held-out sites; their logits are
     gathered, so every rank returns the metrics of the whole held-out set.
     """
-    res = infer(
-        model,
-        loader,
-        transform,
-        ctx.device,
-        views=(0,),
-        amp=cfg.amp,
-        channels_last=cfg.channels_last,
-    )
-    if ctx.world > 1:
-        parts = [None] * ctx.world
-        dist.all_gather_object(parts, (res["rows"], res["logits"]))
-        res = {
-            "rows": np.concatenate([r for r, _ in parts]),
-            "logits": np.concatenate([z for _, z in parts]),
-        }
-    frame = rows.iloc[res["rows"]][["id_code", "experiment", "cell_type", "sirna"]].reset_index(
-        drop=True
-    )
-    logits = pd.DataFrame(res["logits"]).groupby(frame["id_code"].to_numpy()).mean()
-    wells = frame.drop_duplicates("id_code").set_index("id_code").loc[logits.index].reset_index()
-    return accuracy_table(wells, treatment_argmax(logits.to_numpy()))
-
-
-def _log_epoch(row: dict) -> None:
-    msg = f"epoch {row['epoch']}: loss {row['loss']:.4f}, {row['images_per_s']:.1f} images/s"
-    if "val" in row:
-        v = row["val"]
-        msg += (
-            f", held-out accuracy {v['overall']:.3f} ("
-            + ", ".join(f"{k} {a:.3f}" for k, a in v["cell_type"].items())
-            + ")"
-        )
-    log.info(msg)
-
-
-def _state(model, opt, sched, epoch: int, best: float, cfg: TrainConfig) -> dict:
-    return {
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "epoch": epoch,
-        "best": best,
-        "config": to_dict(cfg),
-        "rng": rng_state(),
-        "n_classes": layout.N_CLASSES,
-    }
-
-
-def _restore(path: Path, model, opt, sched, ctx: Dist) -> tuple[int, float]:
-    if not path.exists():
-        raise TrainingError(f"--resume: {path} does not exist; start without --resume")
-    state = load_torch_file(path, "checkpoint", ctx.device)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    log.info("resumed %s at epoch %d", path, state["epoch"])
-    return int(state["epoch"]), float(state["best"])
+    res = infer(model, loader, transform, ctx.device, views=(0,), amp=cfg.amp,
+                channels_last=cfg.channels_last)  # fmt: skip
+    parts = gather((res["rows"], res["logits"]), ctx)
+    at = np.concatenate([r for r, _ in parts])
+    frame = rows.iloc[at][["id_code", "experiment", "cell_type", "sirna"]].reset_index(drop=True)
+    codes, well = np.unique(frame["id_code"].to_numpy(), return_inverse=True)
+    width = max(z.shape[1] for _, z in parts)
+    summed = np.zeros((len(codes), width), np.float32)  # per well, not per site
+    start = 0
+    for _, z in parts:
+        if len(z):  # a rank's shard may be empty
+            np.add.at(summed, well[start : start + len(z)], z)
+        start += len(z)
+    wells = frame.drop_duplicates("id_code").set_index("id_code").loc[codes].reset_index()
+    return accuracy_table(wells, treatment_argmax(summed))
