@@ -288,6 +288,21 @@ def _add_predict(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+def _run_split_out(args) -> tuple:
+    """(run, sites, store, split, out) of `rcic predict` and `rcic embed`."""
+    return args.run, _sites(args), args.store, args.split, args.out
+
+
+def _inference_options(args) -> dict:
+    """The options `_add_inference_args` adds, as keyword arguments."""
+    return {
+        "checkpoint": args.checkpoint,
+        "views": args.views,
+        "batch_size": args.batch_size,
+        "device": args.device,
+    }
+
+
 def cmd_predict(args) -> int:
     from rcic import predict
     from rcic.logitsfile import read_logits
@@ -296,17 +311,10 @@ def cmd_predict(args) -> int:
     if args.temperature_from:
         temperature = float(read_logits(args.temperature_from).get("temperature", 1.0))
     path = predict.predict_run(
-        args.run,
-        _sites(args),
-        args.store,
-        args.split,
-        args.out,
-        checkpoint=args.checkpoint,
-        views=args.views,
+        *_run_split_out(args),
         combine=args.combine,
-        batch_size=args.batch_size,
-        device=args.device,
         temperature=temperature,
+        **_inference_options(args),
     )
     print(f"wrote {path}")
     return 0
@@ -549,17 +557,7 @@ def _add_embed(sub) -> None:
 def cmd_embed(args) -> int:
     from rcic import predict
 
-    path = predict.embed_run(
-        args.run,
-        _sites(args),
-        args.store,
-        args.split,
-        args.out,
-        checkpoint=args.checkpoint,
-        views=args.views,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    path = predict.embed_run(*_run_split_out(args), **_inference_options(args))
     print(f"wrote {path}")
     return 0
 
