@@ -103,3 +103,22 @@ def test_checkpoint_holds_a_format_and_the_rng_state(trained):
     runs.set_rng_state(saved)
     b = (torch.rand(3), np.random.rand(3))
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_a_resumed_run_keeps_its_recorded_validation_experiments(tiny_sites, tiny_store, tmp_path):
+    """Resuming reads split.json like predict does: an edited record moves the validation set
+    (recomputing the folds would keep validating on the fold rule's experiments)."""
+    from rcic import config, train
+
+    cfg = config.load_config(None, ["epochs=2", "batch_size=32", "embedding_dim=32", "amp=false"])
+    run = tmp_path / "run"
+    train.train(cfg, tiny_sites, tiny_store, run, progress=False, stop_after_epoch=1)
+    folder = RunFolder(run)
+    rec = json.loads(folder.split.read_text())
+    train_exps = sorted(set(tiny_sites.loc[tiny_sites["split"] == "train", "experiment"]))
+    other = [e for e in train_exps if e not in rec["held_out_experiments"]][:1]
+    folder.split.write_text(json.dumps({**rec, "held_out_experiments": other}))
+    train.train(cfg, tiny_sites, tiny_store, run, resume=True, progress=False)
+    rows = [json.loads(line) for line in folder.metrics.read_text().splitlines()]
+    assert set(rows[0]["val"]["experiment"]) == set(rec["held_out_experiments"])
+    assert set(rows[-1]["val"]["experiment"]) == set(other)

@@ -81,3 +81,16 @@ def infer(
 
 def _filled(a: np.ndarray | None, n: int) -> np.ndarray:
     return a[:n] if a is not None else np.zeros((0, 0), np.float32)
+
+
+def sum_by_well(well: np.ndarray, n_wells: int, blocks: list[np.ndarray]) -> np.ndarray:
+    """Per-site rows summed per well, float32: row i of the concatenated `blocks` (given in pieces,
+    so gathered shards need no concatenated copy) is added to row `well[i]` of the result."""
+    width = max((b.shape[1] for b in blocks if len(b)), default=0)
+    out = np.zeros((n_wells, width), np.float32)
+    start = 0
+    for b in blocks:
+        if len(b):  # a rank's shard may be empty
+            np.add.at(out, well[start : start + len(b)], b)
+        start += len(b)
+    return out

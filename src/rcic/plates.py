@@ -103,7 +103,8 @@ def group_log_probs(lp: np.ndarray, pg: PlateGroups) -> np.ndarray:
     out = np.log(np.maximum(mass, 1e-300)) + top
     tiny = (mass < 1e-30).any(axis=1)
     if tiny.any():
-        out[tiny] = np.stack([_logsumexp(lp[tiny][:, g], axis=1) for g in pg.groups], axis=1)
+        rows = lp[tiny]
+        out[tiny] = np.stack([_logsumexp(rows[:, g], axis=1) for g in pg.groups], axis=1)
     return out
 
 

@@ -21,7 +21,7 @@ from rcic.data import (
     plate_norm_stats,
 )
 from rcic.errors import InputError
-from rcic.inference import infer, resolve_device
+from rcic.inference import infer, resolve_device, sum_by_well
 from rcic.logitsfile import write_logits
 from rcic.models import RcicModel
 from rcic.plates import fit_temperature
@@ -97,8 +97,7 @@ def _per_well(
 ) -> dict[str, np.ndarray]:
     codes, inverse = np.unique(frame["id_code"].to_numpy(), return_inverse=True)
     counts = np.bincount(inverse).astype(np.float32)[:, None]
-    logits = np.zeros((len(codes), per_site.shape[1]), np.float32)
-    np.add.at(logits, inverse, per_site)
+    logits = sum_by_well(inverse, len(codes), [per_site])
     first = frame.groupby(inverse).head(1).sort_values("id_code")
     out = {
         "id_code": codes,
@@ -111,9 +110,7 @@ def _per_well(
         "n_sites": counts[:, 0].astype(np.int64),
     }
     if embedding is not None:
-        emb = np.zeros((len(codes), embedding.shape[1]), np.float32)
-        np.add.at(emb, inverse, embedding)
-        out["embedding"] = emb / counts
+        out["embedding"] = sum_by_well(inverse, len(codes), [embedding]) / counts
     return out
 
 

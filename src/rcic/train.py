@@ -40,7 +40,7 @@ from rcic.distributed import (
     sync_batchnorm,
 )
 from rcic.errors import TrainingError
-from rcic.inference import autocast, infer
+from rcic.inference import autocast, infer, sum_by_well
 from rcic.metrics import accuracy_table, treatment_argmax
 from rcic.models import build_model, compute_loss
 from rcic.runs import RunFolder, environment, restore, run_log, training_state
@@ -122,7 +122,8 @@ def train(
     if size > st.size:
         raise ConfigError(f"config image_size={size}: larger than the store's {st.size} px sites")
     pseudo = pd.read_csv(cfg.pseudo_labels) if cfg.pseudo_labels else None
-    samples = select_samples(sites, st, cfg, pseudo)
+    # a resumed run keeps the validation experiments it recorded when it started
+    samples = select_samples(sites, st, cfg, pseudo, folder.held_out() if resume else None)
     if len(samples.train_rows) == 0:
         raise StoreError("no training samples: check the metadata, the store and the fold")
     if cfg.batch_size % ctx.world:
@@ -323,7 +324,8 @@ class Trainer:
 
 
 def validate(model, loader, transform, rows: pd.DataFrame, ctx: Dist, cfg: TrainConfig) -> dict:
-    """Held-out accuracy per well (logits averaged over its sites), treatments only.
+    """Held-out accuracy per well (the argmax of its sites' summed logits, which is that of their
+    mean), treatments only.
 
     Under torchrun each rank's loader holds a shard of the held-out sites; their logits are
     gathered, so every rank returns the metrics of the whole held-out set.
@@ -334,12 +336,6 @@ def validate(model, loader, transform, rows: pd.DataFrame, ctx: Dist, cfg: Train
     at = np.concatenate([r for r, _ in parts])
     frame = rows.iloc[at][["id_code", "experiment", "cell_type", "sirna"]].reset_index(drop=True)
     codes, well = np.unique(frame["id_code"].to_numpy(), return_inverse=True)
-    width = max(z.shape[1] for _, z in parts)
-    summed = np.zeros((len(codes), width), np.float32)  # per well, not per site
-    start = 0
-    for _, z in parts:
-        if len(z):  # a rank's shard may be empty
-            np.add.at(summed, well[start : start + len(z)], z)
-        start += len(z)
+    summed = sum_by_well(well, len(codes), [z for _, z in parts])
     wells = frame.drop_duplicates("id_code").set_index("id_code").loc[codes].reset_index()
     return accuracy_table(wells, treatment_argmax(summed))
