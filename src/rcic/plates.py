@@ -266,9 +266,9 @@ SHARPEN = 0.35
 # the well decision rcic submit uses: chosen with SHARPEN and CALIBRATE_DEFAULT on held-out
 # experiments disjoint from those reported (plates_real.py)
 WELL_METHOD_DEFAULT = "sinkhorn"
-# Sinkhorn's stopping tolerance (on log row sums) for well decisions: an argmax needs less than
-# the marginals' 1e-6; on the real test set at signal 3, 1e-3 changed no decision and halved the
-# time (measured ad hoc); benchmarks/plates_real.py measures the decisions with it
+# Sinkhorn's stopping tolerance (on log row sums) for well decisions: an argmax needs less
+# precision than the marginals' 1e-6, and fewer iterations make `rcic submit` faster;
+# benchmarks/plates_real.py measures the decisions made with it
 DECISION_TOL = 1e-3
 
 
@@ -471,9 +471,9 @@ def estimate_temperature(
 def golden_section(f, lo: float, hi: float, tol: float) -> float:
     """The minimiser of a unimodal `f` on [lo, hi], to within `tol`, by golden-section search.
 
-    Used instead of scipy.optimize.minimize_scalar because importing scipy.optimize alone takes
-    about 0.2 s, a sixth of what `rcic submit` may spend on the whole test set (issue 10's
-    1.5x target); the search needs 16 evaluations for tol = 0.02 on [log 1e-3, log 1e3].
+    Used instead of scipy.optimize.minimize_scalar because importing scipy.optimize is a
+    noticeable part of `rcic submit`'s start-up, which benchmarks/plates_speed.py holds to 1.5x a
+    plain script; the search needs 16 evaluations for tol = 0.02 on [log 1e-3, log 1e3].
     """
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
     a, b = lo, hi
