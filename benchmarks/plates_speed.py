@@ -1,7 +1,7 @@
 """Wall time and peak memory of `rcic submit` on the whole real test set, side by side with a plain
 numpy/scipy script of the winning solution's steps (benchmarks/winner_plain.py) on the same file.
 
-Usage: python benchmarks/plates_speed.py [--shared DIR] [--repeats 5]
+Usage: python benchmarks/plates_speed.py [--shared DIR] [--repeats 11]
 The logits file: 19,897 test wells x 1,139 classes, float32, simulated (signal 3), with a stored
 temperature as `rcic predict` writes it. Each command runs as its own process (imports included);
 peak memory is the process's maximum resident set size. Targets (issue 10): rcic within 1.5x the
@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", type=Path, default=HERE.parents[1] / "shared" / "rxrx1")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=11)
     args = ap.parse_args()
     root = args.shared / "kaggle"
     test = pd.read_csv(root / "test.csv")

@@ -1,9 +1,10 @@
 """Do pseudo-label rounds help on the `demo` screen? Against the same extra training without them.
 
-Usage: python benchmarks/pseudo_labels.py [--work /tmp/rcic-bench-recipes] [--seeds 0 1 2]
+Usage: python benchmarks/pseudo_labels.py [--work /tmp/rcic-bench-recipes] [--seeds 0 1 2] [--start NAME]
         [--fraction 0.5] [--epochs 4]
 
-Starts from the rcic runs that benchmarks/recipes.py trained (fold 0 held out, one per seed). For
+Starts from the runs of rcic's recipe that benchmarks/recipes.py trained (fold 0 held out, one per
+seed; `--start normalisation-plate`, the configs/demo.yaml of today, see recipes.txt). For
 each: (a) one round of `rcic pseudo` (predict the test experiments, plate post-processing, keep the
 most confident `fraction` of every plate's wells, fine-tune `epochs` epochs from the last weights);
 (b) the same fine-tuning from the same weights without pseudo-labels. Both are scored on the test
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--start", default="normalisation-plate", help="recipes.py run name, no seed")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     data, st = args.work / "demo", args.work / "store"
@@ -44,7 +46,7 @@ def main() -> None:
     rows = {"start": [], "pseudo": [], "no pseudo": []}
     accs = []
     for seed in args.seeds:
-        run = args.work / "runs" / f"rcic--demo-yaml-s{seed}"
+        run = args.work / "runs" / f"{args.start}-s{seed}"
         out = args.work / "pseudo" / f"s{seed}"
         out.mkdir(parents=True, exist_ok=True)
         rows["start"].append(scores(run, sites, data, st, out / "start"))
@@ -73,7 +75,7 @@ def main() -> None:
             train.train(cfg, sites, st, plain, progress=False)
         rows["no pseudo"].append(scores(plain, sites, data, st, out / "no-pseudo-scores"))
     print(
-        f"demo screen, fold-0 rcic models of seeds {args.seeds}; one round keeping {args.fraction:.0%} "
+        f"demo screen, fold-0 models '{args.start}' of seeds {args.seeds}; one round keeping {args.fraction:.0%} "
         f"of each plate's wells, {args.epochs} epochs of fine-tuning; pseudo-label accuracy "
         + " ".join(f"{a:.3f}" for a in accs)
     )

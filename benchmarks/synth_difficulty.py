@@ -1,6 +1,7 @@
 """Difficulty certificate of a synthetic screen: image-statistics baselines beside the CNN.
 
 Usage: python benchmarks/synth_difficulty.py [--work DIR] [--seed 5] [--preset demo] [--no-cnn]
+        [--set KEY=VALUE ...]   (the CNN's recipe with these config overrides, e.g. epochs=40)
 
 On the screen's test experiments (labels hidden from every model, read back from
 test_labels.csv only to score), per well:
@@ -64,13 +65,15 @@ def baseline_table(sites: pd.DataFrame, st: Path, val_exps: list[str]) -> dict[s
     return rows
 
 
-def cnn_row(work: Path, data: Path, sites: pd.DataFrame, st: Path, seed: int) -> dict:
+def cnn_row(
+    work: Path, data: Path, sites: pd.DataFrame, st: Path, seed: int, overrides: list[str]
+) -> dict:
     from rcic import predict, submit, train
     from rcic.demo import recipe
     from rcic.logitsfile import read_logits
 
-    cfg = recipe("demo", [f"seed={seed}", "fold=0"])
-    run = work / "cnn"
+    cfg = recipe("demo", [f"seed={seed}", "fold=0", *overrides])
+    run = work / "-".join(["cnn", *(o.replace("=", "_") for o in overrides)])
     t0 = time.perf_counter()
     if not (run / "checkpoints" / "last.pt").exists():
         train.train(cfg, sites, st, run, progress=False)
@@ -91,6 +94,7 @@ def main() -> None:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--no-cnn", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     data, sites, st = screen(args.work, args.preset, args.seed)
@@ -109,11 +113,13 @@ def main() -> None:
     result = {"baselines": rows, "preset": args.preset, "seed": args.seed}
     best = max(rows.values())
     if not args.no_cnn:
-        cnn = cnn_row(args.work, data, sites, st, args.seed)
+        cnn = cnn_row(args.work, data, sites, st, args.seed, args.set)
         result["cnn"] = cnn
         s = cnn["scores"]
+        changed = f" with {', '.join(args.set)}" if args.set else ""
         print(
-            f"CNN (demo recipe, {cnn['epochs']} epochs, {cnn['train_minutes']:.1f} min, fold 0 held out, 8-view TTA):"
+            f"CNN (demo recipe{changed}, {cnn['epochs']} epochs, {cnn['train_minutes']:.1f} min, "
+            "fold 0 held out, 8-view TTA):"
         )
         for stage, acc in s.items():
             print(f"  {stage:10} {acc:.3f}")

@@ -193,6 +193,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
 
 
+def test_stem_pool_false_doubles_the_feature_map():
+    """stem_pool=false drops a resnet's stem max-pool: the last feature map is twice as wide; a
+    backbone without one is refused by name."""
+
+    def last_map(*extra):
+        model = models.build_model(_cfg("backbone=resnet10t", *extra)).eval()
+        with torch.no_grad():
+            return model.backbone.forward_features(torch.zeros(1, 6, 64, 64)).shape[-1]
+
+    assert last_map("stem_pool=false") == 2 * last_map()
+    with pytest.raises(ConfigError, match="efficientnet_lite0.*no stem max-pool"):
+        models.build_model(_cfg("backbone=efficientnet_lite0", "stem_pool=false"))
+
+
 def test_local_weights_file_with_rgb_stem(tmp_path):
     import timm
 

@@ -13,12 +13,6 @@ light (the command line's ``rcic --help`` imports nothing heavy either)::
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("rcic")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
 
 _ENTRY_POINTS = {
     "load_metadata": "rcic.metadata",
@@ -37,6 +31,17 @@ __all__ = ["__version__", *_ENTRY_POINTS]
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # looked up on use: importing importlib.metadata slows every command
+        return _version()
     if name in _ENTRY_POINTS:
         return getattr(import_module(_ENTRY_POINTS[name]), name)
     raise AttributeError(f"module 'rcic' has no attribute {name!r}")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rcic")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        return "0+unknown"

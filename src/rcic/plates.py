@@ -230,19 +230,36 @@ def _best_order(exp: str, plate_scores: dict[int, np.ndarray], pg: PlateGroups) 
 
 
 def sinkhorn(lp: np.ndarray, iterations: int = 100, tol: float = 1e-6) -> np.ndarray:
-    """Balance exp(lp) (wells x siRNAs) so each well sums to 1 and each siRNA to wells/siRNAs.
+    """Balance exp(lp) (wells x siRNAs) so each well sums to 1 and each siRNA to at most 1.
 
     The result approximates each well's marginal probability of each siRNA when every siRNA is
-    used at most once on the plate. Returns log-marginals (float64).
+    used at most once on the plate. Returns log-marginals (float64) of the n wells.
+
+    With fewer wells than siRNAs (n < m: missing wells), the m - n absent wells join as uniform
+    rows (their siRNAs are unknown, any of the group), and the square matrix is balanced to
+    doubly stochastic: an siRNA that one well claims strongly keeps its whole unit there, and the
+    absent wells take up the siRNAs no well claims. (Balancing every column to n/m instead spreads
+    the deficit over all siRNAs, including the strongly claimed ones.) The same padding is the
+    model of the plate calibration (:func:`_log_perm_bethe`). With more wells than siRNAs, each
+    siRNA's column is balanced to n/m.
 
     Scaling form: exp(lp) is scaled by row factors u and column factors v (two matrix-vector
     products per iteration, no exponentials); every 10 iterations the factors are folded back into
     the log-matrix, so neither over- nor underflows however sharp the probabilities are.
     """
     n, m = lp.shape
-    target = min(1.0, n / m)
     x = np.asarray(lp, dtype=np.float64)
     x = x - x.max(axis=1, keepdims=True)
+    if n < m:
+        x = np.vstack([x, np.zeros((m - n, m))])
+    out = _balance(x, iterations, tol)
+    return out[:n] - _logsumexp(out[:n], axis=1)[:, None]
+
+
+def _balance(x: np.ndarray, iterations: int, tol: float) -> np.ndarray:
+    """Sinkhorn scaling of exp(x) (rows max 0) to rows summing to 1, columns to min(1, n/m)."""
+    n, m = x.shape
+    target = min(1.0, n / m)
     done = 0
     while done < iterations:
         k = np.exp(x)
@@ -254,7 +271,7 @@ def sinkhorn(lp: np.ndarray, iterations: int = 100, tol: float = 1e-6) -> np.nda
         x = x + np.log(u)[:, None] + np.log(v)[None, :]
         if np.abs(np.log(np.maximum(k @ v, 1e-300)) + np.log(u)).max() < tol:
             break
-    return x - _logsumexp(x, axis=1)[:, None]
+    return x
 
 
 CALIBRATE = ("off", "on", "auto")  # rcic submit --calibrate, see rcic.submit.calibrate_plates
