@@ -240,33 +240,39 @@ def sinkhorn(lp: np.ndarray, iterations: int = 100, tol: float = 1e-6) -> np.nda
     doubly stochastic: an siRNA that one well claims strongly keeps its whole unit there, and the
     absent wells take up the siRNAs no well claims. (Balancing every column to n/m instead spreads
     the deficit over all siRNAs, including the strongly claimed ones.) The same padding is the
-    model of the plate calibration (:func:`_log_perm_bethe`). With more wells than siRNAs, each
-    siRNA's column is balanced to n/m.
+    model of the plate calibration (:func:`_log_perm_bethe`). With more wells than siRNAs (a
+    fallback RxRx1 plates never need) the columns are still scaled to 1, which the rows cannot all
+    meet: the result is each well's normalised share after the last iteration.
 
     Scaling form: exp(lp) is scaled by row factors u and column factors v (two matrix-vector
     products per iteration, no exponentials); every 10 iterations the factors are folded back into
     the log-matrix, so neither over- nor underflows however sharp the probabilities are.
     """
-    n, m = lp.shape
-    x = np.asarray(lp, dtype=np.float64)
+    n = len(lp)
+    x = _with_absent_wells(np.asarray(lp, dtype=np.float64))
     x = x - x.max(axis=1, keepdims=True)
-    if n < m:
-        x = np.vstack([x, np.zeros((m - n, m))])
     out = _balance(x, iterations, tol)
     return out[:n] - _logsumexp(out[:n], axis=1)[:, None]
 
 
+def _with_absent_wells(lp: np.ndarray) -> np.ndarray:
+    """`lp` (wells x siRNAs) with a uniform row for each absent well, when it has fewer rows."""
+    n, m = lp.shape
+    if n >= m:
+        return lp
+    return np.vstack([lp, np.full((m - n, m), -np.log(m), dtype=lp.dtype)])
+
+
 def _balance(x: np.ndarray, iterations: int, tol: float) -> np.ndarray:
-    """Sinkhorn scaling of exp(x) (rows max 0) to rows summing to 1, columns to min(1, n/m)."""
+    """Sinkhorn scaling of exp(x) (rows max 0) towards rows and columns summing to 1."""
     n, m = x.shape
-    target = min(1.0, n / m)
     done = 0
     while done < iterations:
         k = np.exp(x)
         u, v = np.ones(n), np.ones(m)
         for _ in range(min(10, iterations - done)):
             u = 1.0 / np.maximum(k @ v, 1e-300)
-            v = target / np.maximum(k.T @ u, 1e-300)
+            v = 1.0 / np.maximum(k.T @ u, 1e-300)
             done += 1
         x = x + np.log(u)[:, None] + np.log(v)[None, :]
         if np.abs(np.log(np.maximum(k @ v, 1e-300)) + np.log(u)).max() < tol:
@@ -419,9 +425,7 @@ def _log_perm_bethe(lp: np.ndarray, iterations: int = 60) -> float:
     scaling of P, and log perm ~ sum S log P - sum S log S + sum (1 - S) log(1 - S) (the Bethe free
     energy of the permanent, evaluated at the Sinkhorn point).
     """
-    n, m = lp.shape
-    if n < m:
-        lp = np.vstack([lp, np.full((m - n, m), -np.log(m))])
+    lp = _with_absent_wells(lp)
     s = np.clip(np.exp(sinkhorn(lp, iterations, tol=1e-9)), 1e-300, 1 - 1e-12)
     return float((s * lp).sum() - (s * np.log(s)).sum() + ((1 - s) * np.log1p(-s)).sum())
 
