@@ -7,7 +7,8 @@ Starts from the runs of rcic's recipe that benchmarks/recipes.py trained (fold 0
 seed; `--start normalisation-plate`, the configs/demo.yaml of today, see recipes.txt). For
 each: (a) one round of `rcic pseudo` (predict the test experiments, plate post-processing, keep the
 most confident `fraction` of every plate's wells, fine-tune `epochs` epochs from the last weights);
-(b) the same fine-tuning from the same weights without pseudo-labels. Both are scored on the test
+(b) the same fine-tuning from the same weights without pseudo-labels, for as many optimiser steps
+as (a) took (its epochs scaled to the fewer samples, rounded). Both are scored on the test
 experiments per well (8-view TTA) and after the plate stages of `rcic submit`.
 """
 
@@ -20,8 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from rcic import config, metadata, predict, pseudo, submit, train
+from rcic.samples import select_samples
+from rcic.store import SiteStore
 
 
 def scores(run: Path, sites, data: Path, st: Path, out: Path) -> dict:
@@ -30,6 +34,17 @@ def scores(run: Path, sites, data: Path, st: Path, out: Path) -> dict:
     )
     res = submit.run_submit([test], data, out / "submission.csv", labels=data / "test_labels.csv")
     return {k: v["overall"] for k, v in res.scores.items()}
+
+
+def same_steps_epochs(round_run: Path, base, sites, st: Path, epochs: int) -> int:
+    """Epochs that give the plain fine-tuning as many optimiser steps as the pseudo-label round."""
+    cfg = config.load_config(round_run / "config.yaml")
+    store_ = SiteStore(st)
+    pseudo_rows = pd.read_csv(cfg.pseudo_labels)
+    n_round = len(select_samples(sites, store_, cfg, pseudo_rows).train_rows)
+    n_plain = len(select_samples(sites, store_, base).train_rows)
+    steps = epochs * (n_round // cfg.batch_size)
+    return max(1, round(steps / (n_plain // base.batch_size)))
 
 
 def main() -> None:
@@ -44,7 +59,7 @@ def main() -> None:
     data, st = args.work / "demo", args.work / "store"
     sites = metadata.load_metadata(data)
     rows = {"start": [], "pseudo": [], "no pseudo": []}
-    accs = []
+    accs, steps = [], []
     for seed in args.seeds:
         run = args.work / "runs" / f"{args.start}-s{seed}"
         out = args.work / "pseudo" / f"s{seed}"
@@ -67,17 +82,18 @@ def main() -> None:
             base,
             weights=str(run / "checkpoints" / "last.pt"),
             pretrained=None,
-            epochs=args.epochs,
+            epochs=same_steps_epochs(Path(hist[0]["run"]), base, sites, st, args.epochs),
             warmup_epochs=0.0,
         )
-        plain = out / "no-pseudo"
+        steps.append(cfg.epochs)
+        plain = out / f"no-pseudo-{cfg.epochs}ep"
         if not (plain / "checkpoints" / "last.pt").exists():
             train.train(cfg, sites, st, plain, progress=False)
         rows["no pseudo"].append(scores(plain, sites, data, st, out / "no-pseudo-scores"))
     print(
         f"demo screen, fold-0 models '{args.start}' of seeds {args.seeds}; one round keeping {args.fraction:.0%} "
-        f"of each plate's wells, {args.epochs} epochs of fine-tuning; pseudo-label accuracy "
-        + " ".join(f"{a:.3f}" for a in accs)
+        f"of each plate's wells, {args.epochs} epochs of fine-tuning ({steps} epochs without, the same "
+        "optimiser steps); pseudo-label accuracy " + " ".join(f"{a:.3f}" for a in accs)
     )
     print(
         f"{'':12} {'single model':>20} {'plate groups':>20} {'assignment':>20}   (test experiments, mean +- sd)"
