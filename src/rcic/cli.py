@@ -18,6 +18,7 @@ The steps, in order (each writes a folder or file you can inspect):
   synth     generate a synthetic screen in the RxRx1 / Kaggle layout (stand-in for real data)
   check     check a dataset's metadata against the plate rules, and optionally every PNG
   prepare   decode every site once into a fast packed store, with per-plate statistics
+  cells     cut a store of single-cell crops around the nuclei of every site (train on cells)
   train     train a 6-channel CNN validated on held-out experiments
   predict   per-well logits with test-time augmentation over views and both sites
   submit    ensemble logits, choose plate groups, assign one siRNA per well, write submission.csv
@@ -210,6 +211,42 @@ def cmd_prepare(args) -> int:
         f"{args.out}{' part ' + args.part if args.part else ''}: {result.packed} sites packed, "
         f"{result.skipped} already there, {result.failed} unreadable"
     )
+    return 0
+
+
+def _add_cells(sub) -> None:
+    p = sub.add_parser(
+        "cells",
+        help="cut single-cell crops around the nuclei of every site into a cell store",
+        description="Find the nuclei in each site's DNA channel (w1, standardised per plate) and cut a "
+        "CROP x CROP crop around each into a new store, one row per cell with its site's columns. "
+        "Train and predict on it like a site store: samples are cells, and each well's logits are "
+        "the mean over its cells. A site without a nucleus found contributes its centre crop.",
+    )
+    p.add_argument("--store", required=True, type=Path, help="site store (rcic prepare)")
+    p.add_argument("--out", required=True, type=Path, help="cell store folder to write")
+    p.add_argument(
+        "--crop", type=int, default=32, help="crop side in pixels, about a cell's diameter"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="a nucleus' smoothed DNA signal in plate standard deviations above the plate mean",
+    )
+    p.add_argument(
+        "--max-cells", type=int, default=0, help="keep at most this many cells per site (0: all)"
+    )
+    p.set_defaults(func=cmd_cells)
+
+
+def cmd_cells(args) -> int:
+    from rcic import cells
+
+    finder = cells.CellFinder(crop=args.crop, threshold=args.threshold, max_cells=args.max_cells)
+    index = cells.pack_cells(args.store, args.out, finder)
+    found = int((index["state"] == cells.PACKED).sum())
+    print(f"{args.out}: {found} cells from {index['id_code'].nunique()} wells")
     return 0
 
 
@@ -674,6 +711,7 @@ COMMANDS = [
     _add_synth,
     _add_check,
     _add_prepare,
+    _add_cells,
     _add_train,
     _add_predict,
     _add_submit,

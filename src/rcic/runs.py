@@ -105,6 +105,15 @@ class RunFolder:
                     return [str(e) for e in value]
         return None
 
+    def store_kind(self) -> str | None:
+        """The kind of store the run trained on (sites or cells); None when not recorded."""
+        if not self.env.is_file():
+            return None
+        try:
+            return json.loads(self.env.read_text()).get("store_kind")
+        except (OSError, ValueError, AttributeError) as e:
+            raise InputError(f"{self.env}: cannot read the run's record ({e})") from None
+
     def save_checkpoint(self, which: str, state: dict) -> None:
         """Write to a temporary name, then rename: a crash never leaves a half-written checkpoint."""
         with atomic_path(self.checkpoint(which)) as tmp:

@@ -131,7 +131,7 @@ def select_samples(
         labels[take] = extra[take].astype(int)
         log.info(
             "pseudo-labels: %d test wells added to training",
-            int(take.sum()) // (1 if cfg.sites == "1" else 2),
+            index.loc[take, "id_code"].nunique(),  # a well has 1-2 sites, or many cells
         )
     held_out = index["experiment"].isin(val_exps).to_numpy()
     is_treat = (index["well_type"] == "treatment").to_numpy()

@@ -511,6 +511,11 @@ class SiteStore:
     def size(self) -> int:
         return int(self.meta["size"])
 
+    @property
+    def kind(self) -> str:
+        """``sites`` (rcic prepare) or ``cells`` (rcic cells: one row per cell crop)."""
+        return str(self.meta.get("kind", "sites"))
+
     def _arrays(self):
         if self._images is None:  # opened lazily, so each worker process opens its own
             group = self._group()

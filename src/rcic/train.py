@@ -138,6 +138,7 @@ def train(
             env = {
                 **environment(ctx.device, ctx.world),
                 "store": st.url or str(Path(store_path).resolve()),
+                "store_kind": st.kind,
                 "n_train_samples": len(samples.train_rows),
             }
             folder.start(cfg, env, split_record(cfg, samples))
@@ -236,7 +237,7 @@ class Trainer:
         """Train from `start_epoch` to the configured epochs; the last epoch's metrics."""
         cfg, s = self.cfg, self.samples
         log.info(
-            "training %s on %d samples (%d held-out sites of %s), %d px, %d epochs, world %d, device %s",
+            "training %s on %d samples (%d held-out samples of %s), %d px, %d epochs, world %d, device %s",
             cfg.backbone, len(s.train_rows), len(s.val_rows), s.val_experiments,
             self.transform.out_size, cfg.epochs, self.ctx.world, self.ctx.device,
         )  # fmt: skip

@@ -1,0 +1,89 @@
+"""Single cells against whole sites on the `demo` screen, several seeds, equal optimiser steps.
+
+Usage: python benchmarks/cells.py [--work DIR] [--seeds 0 1 2]
+
+The screen and site store are those of benchmarks/recipes.py (same --work, screen seed 0): a screen
+that chose nothing in configs/cells.yaml (that was chosen on the certificate screen, seed 5).
+- whole sites: configs/demo.yaml (what benchmarks/recipes.py measured), with its epochs raised so
+  that it takes as many optimiser steps as the cell recipe;
+- single cells: configs/cells.yaml on `rcic cells --crop 32` of the same store.
+Both hold out fold 0. Accuracy per well of treatment wells, 8 views (of every site, or of every
+cell of both sites): `val` on fold 0's held-out training experiments, `test` on the test experiments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from recipes import _print_row, _with_test_labels, accuracy, n_samples
+
+from rcic import cells, config, metadata, store, synth, train
+from rcic.store import SiteStore
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CROP = 32
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/rcic-bench-recipes"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    data, site_dir, cell_dir = args.work / "demo", args.work / "store", args.work / f"cells{CROP}"
+    if not (data / "test_labels.csv").exists():
+        synth.generate(data, "demo", seed=0)
+    sites = metadata.load_metadata(data)
+    if not (site_dir / "store.json").exists():
+        store.pack(data, sites, site_dir)
+    t0 = time.perf_counter()
+    if not (cell_dir / "store.json").exists():
+        cells.pack_cells(site_dir, cell_dir, cells.CellFinder(crop=CROP), progress=False)
+    sst, cst = SiteStore(site_dir), SiteStore(cell_dir)
+    n_cells = int(cst.packed.sum())
+    print(
+        f"demo screen (seed 0): {n_cells} cells from {int(sst.packed.sum())} sites "
+        f"({n_cells / sst.packed.sum():.1f} per site, {time.perf_counter() - t0:.0f} s to cut)"
+    )
+    labelled = _with_test_labels(sites, data)
+    cell_cfg = config.load_config(CONFIGS / "cells.yaml", ["fold=0"])
+    steps = cell_cfg.epochs * (n_samples(cell_cfg, sites, cst) // cell_cfg.batch_size)
+    site_cfg = config.load_config(CONFIGS / "demo.yaml", ["fold=0"])
+    site_epochs = max(1, round(steps / (n_samples(site_cfg, sites, sst) // site_cfg.batch_size)))
+    arms = {
+        "whole sites (demo.yaml)": ("demo.yaml", [f"epochs={site_epochs}"], site_dir, sst),
+        "single cells (cells.yaml)": ("cells.yaml", [], cell_dir, cst),
+    }
+    print(f"{steps} optimiser steps for both; seeds {args.seeds}; accuracy per well, 8 views")
+    print(f"{'recipe':26} {'val (fold 0) mean+-sd':>22} {'test mean+-sd':>16}   per seed (test)")
+    path = args.work / "cells.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for name, (file, extra, where, st) in arms.items():
+        for seed in args.seeds:
+            key = f"{name}|{seed}"
+            if key in results:
+                continue
+            cfg = config.load_config(CONFIGS / file, ["fold=0", *extra, f"seed={seed}"])
+            run = args.work / "runs" / f"{file.split('.')[0]}-steps{steps}-s{seed}"
+            t1 = time.perf_counter()
+            if not (run / "checkpoints" / "last.pt").exists():
+                train.train(cfg, sites, where, run, progress=False)
+            results[key] = {
+                "val": accuracy(run, sites, st, "0"),
+                "test": accuracy(run, labelled, st, "test"),
+                "epochs": cfg.epochs,
+                "minutes": (time.perf_counter() - t1) / 60,
+            }
+            path.write_text(json.dumps(results, indent=1))
+        rows = [results[f"{name}|{s}"] for s in args.seeds]
+        _print_row(name, rows)
+        print(f"{'':26} {np.mean([r['minutes'] for r in rows]):.1f} min per run (train + predict)")
+
+
+if __name__ == "__main__":
+    main()

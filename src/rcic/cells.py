@@ -1,0 +1,207 @@
+"""Single-cell crops: a store of one small image per cell, cut around the nuclei of every site.
+
+A CNN that sees whole sites must learn, from a few dozen sites per siRNA, which of the many
+differences between two sites matter; one that sees single cells gets every cell of a well as a
+sample, centred and at the scale of its structures. This is how profiling tools for cell painting
+work (DeepProfiler, for one: crops around nuclei, a CNN trained to name the treatment, features
+averaged per well); rcic's version keeps everything else of the chain unchanged:
+
+    rcic prepare DATA --out STORE            whole sites, with per-plate statistics
+    rcic cells --store STORE --out CELLS     one row per cell: same columns + cell, y, x
+    rcic train --store CELLS ...             samples are cells; validation and `rcic predict`
+                                             sum each well's logits over its cells, as over sites
+
+Nuclei are found in the DNA channel (w1) of each site, standardised with its plate's statistics:
+local maxima of the image smoothed at about a nucleus' scale, above a threshold. A site where none
+is found contributes its centre crop, so every well keeps its sites. Crops reaching past the site's
+edge are filled with the plate's mean (zero after normalisation). The cell store keeps the site
+store's plate statistics, so a cell is normalised exactly as its site was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+from scipy import ndimage
+from tqdm import tqdm
+
+from rcic import layout
+from rcic.errors import InputError
+from rcic.fileio import atomic_csv, atomic_text, make_dir
+from rcic.store import FAILED, PACKED, SiteStore
+
+log = logging.getLogger(__name__)
+
+SHARD = 256  # cells per shard file; each cell is its own inner chunk (one partial read)
+
+
+@dataclass(frozen=True)
+class CellFinder:
+    """How nuclei are found and cropped.
+
+    Attributes:
+        crop: side of a cell's crop, in pixels; about a cell's diameter.
+        sigma: smoothing of the DNA channel before looking for maxima (default crop / 16).
+        min_distance: two nuclei are at least this far apart, in pixels (default crop / 4).
+        threshold: a nucleus' smoothed DNA signal, in plate standard deviations above the plate mean.
+        max_cells: keep at most this many cells per site (a seeded random subset); 0: all.
+    """
+
+    crop: int = 32
+    sigma: float = 0.0
+    min_distance: int = 0
+    threshold: float = 0.5
+    max_cells: int = 0
+
+    def __post_init__(self):
+        if self.crop < 8:
+            raise InputError(f"cell crop {self.crop}: must be at least 8 pixels")
+        if self.threshold != self.threshold or self.max_cells < 0:
+            raise InputError("cell finder: threshold must be a number and max_cells >= 0")
+
+    @property
+    def smoothing(self) -> float:
+        return self.sigma or self.crop / 16
+
+    @property
+    def spacing(self) -> int:
+        return self.min_distance or max(2, self.crop // 4)
+
+
+def find_nuclei(dna: np.ndarray, finder: CellFinder, rng: np.random.Generator) -> np.ndarray:
+    """(k, 2) int centres (row, column) of the nuclei in one standardised DNA image (H, W)."""
+    smooth = ndimage.gaussian_filter(dna.astype(np.float32), finder.smoothing)
+    peak = ndimage.maximum_filter(smooth, size=2 * finder.spacing - 1, mode="nearest")
+    centres = np.argwhere((smooth == peak) & (smooth > finder.threshold))
+    if finder.max_cells and len(centres) > finder.max_cells:
+        centres = centres[np.sort(rng.choice(len(centres), finder.max_cells, replace=False))]
+    return centres
+
+
+def crop_cells(site: np.ndarray, centres: np.ndarray, crop: int, fill: np.ndarray) -> np.ndarray:
+    """(k, 6, crop, crop) uint8 crops of `site` (6, H, W) centred on `centres`; outside: `fill`."""
+    half = crop // 2
+    padded = np.empty((site.shape[0], site.shape[1] + crop, site.shape[2] + crop), np.uint8)
+    padded[:] = fill[:, None, None]
+    padded[:, half : half + site.shape[1], half : half + site.shape[2]] = site
+    return np.stack([padded[:, y : y + crop, x : x + crop] for y, x in centres])
+
+
+def pack_cells(
+    store: str | Path, out: str | Path, finder: CellFinder = CellFinder(), progress: bool = True
+) -> pd.DataFrame:
+    """Write the cell store of the site store `store` to `out`; return its index.
+
+    Built in a temporary folder beside `out` and renamed into place when complete, so `out` is
+    either a whole cell store or absent.
+    """
+    st, out = SiteStore(store), Path(out)
+    if st.kind == "cells":
+        raise InputError(f"{store}: already a cell store; give the site store it was cut from")
+    if finder.crop > st.size:
+        raise InputError(f"cell crop {finder.crop}: larger than the store's {st.size} px sites")
+    if out.exists():
+        raise InputError(f"{out}: exists; remove it or choose another folder")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_dir(tmp)
+    stats = st.plate_stats("all")
+    packed = st.packed
+    writer = _CropWriter(tmp, finder.crop)
+    rows = []
+    for i, site in tqdm(
+        st.index.iterrows(), total=len(st.index), desc="finding cells", unit="site",
+        disable=not progress,
+    ):  # fmt: skip
+        key = (site["experiment"], int(site["plate"]))
+        if not packed[i] or key not in stats:  # an unreadable site stays listed, as in its store
+            rows.append({**site.to_dict(), "cell": 0, "y": -1, "x": -1, "state": FAILED})
+            writer.add(np.zeros((1, len(layout.CHANNELS), finder.crop, finder.crop), np.uint8))
+            continue
+        image = st.read(site["idx"])
+        mean, std = stats[key][:, 0], stats[key][:, 1]
+        dna = (image[0].astype(np.float32) - mean[0]) / max(float(std[0]), 1e-3)
+        rng = np.random.default_rng([int(site["idx"]), 7])
+        centres = find_nuclei(dna, finder, rng)
+        if len(centres) == 0:  # no nucleus found: the site's centre stands for it
+            centres = np.array([[image.shape[1] // 2, image.shape[2] // 2]])
+        fill = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+        writer.add(crop_cells(image, centres, finder.crop, fill))
+        for k, (y, x) in enumerate(centres):
+            rows.append({**site.to_dict(), "cell": k, "y": int(y), "x": int(x), "state": PACKED})
+    writer.close()
+    index = pd.DataFrame(rows).drop(columns="idx").reset_index(drop=True)
+    index = index.rename_axis("idx").reset_index()
+    state = index["state"].to_numpy(np.uint8)
+    group = zarr.open_group(tmp / "sites.zarr", mode="a")
+    group.create_array(
+        "state", shape=state.shape, chunks=(max(1, min(len(state), 65536)),), dtype="uint8"
+    )[:] = state
+    atomic_csv(index.drop(columns="state"), tmp / "index.csv")
+    atomic_csv(st.stats, tmp / "stats.csv")  # a cell is normalised as its site was
+    found = index[index["state"] == PACKED]
+    meta = {
+        "kind": "cells",
+        "size": finder.crop,
+        "channels": len(layout.CHANNELS),
+        "source": str(st.path),
+        "finder": finder.__dict__,
+        "cells": int(len(found)),
+        "sites": int(packed.sum()),
+        "complete": True,
+    }
+    atomic_text(tmp / "store.json", json.dumps(meta, indent=1))
+    tmp.rename(out)
+    per_site = len(found) / max(1, int(packed.sum()))
+    log.info(
+        "cut %d cells from %d sites (%.1f per site) into %s",
+        len(found),
+        packed.sum(),
+        per_site,
+        out,
+    )
+    return index
+
+
+class _CropWriter:
+    """Appends crops to the `images` array a whole shard at a time, holding at most one shard."""
+
+    def __init__(self, out: Path, crop: int):
+        c = len(layout.CHANNELS)
+        group = zarr.open_group(out / "sites.zarr", mode="w")
+        self.images = group.create_array(
+            "images",
+            shape=(0, c, crop, crop),
+            chunks=(1, c, crop, crop),
+            shards=(SHARD, c, crop, crop),
+            dtype="uint8",
+            fill_value=0,
+        )
+        self.pending: list[np.ndarray] = []
+        self.n_pending = 0
+
+    def add(self, crops: np.ndarray) -> None:
+        self.pending.append(crops)
+        self.n_pending += len(crops)
+        if self.n_pending >= SHARD:
+            block = np.concatenate(self.pending)
+            full = len(block) // SHARD * SHARD
+            self._write(block[:full])
+            self.pending, self.n_pending = [block[full:]], len(block) - full
+
+    def close(self) -> None:
+        if self.n_pending:
+            self._write(np.concatenate(self.pending))
+        self.pending, self.n_pending = [], 0
+
+    def _write(self, block: np.ndarray) -> None:
+        n = self.images.shape[0]
+        self.images.resize((n + len(block), *self.images.shape[1:]))
+        self.images[n:] = block

@@ -1,0 +1,125 @@
+"""Single-cell crops: nuclei found where they are, crops equal to their site's pixels, a cell store
+that trains and predicts like a site store, and refusals of the wrong store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rcic import cells, cli, predict, store
+from rcic.errors import InputError, StoreError
+
+
+def _blobs(centres, size=48, sigma=2.0):
+    yy, xx = np.mgrid[:size, :size]
+    img = np.zeros((size, size), np.float32)
+    for y, x in centres:
+        img += 4 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
+    return img - 0.5  # background below the threshold
+
+
+def test_find_nuclei_finds_each_blob_once():
+    centres = [(8, 9), (10, 30), (30, 20), (40, 41)]
+    finder = cells.CellFinder(crop=16, threshold=0.5)
+    found = cells.find_nuclei(_blobs(centres), finder, np.random.default_rng(0))
+    assert len(found) == len(centres)
+    for y, x in centres:
+        assert np.abs(found - [y, x]).max(axis=1).min() <= 1
+    # nothing above the threshold: nothing found; max_cells keeps a subset of the found ones
+    assert len(cells.find_nuclei(np.zeros((48, 48)), finder, np.random.default_rng(0))) == 0
+    two = cells.CellFinder(crop=16, threshold=0.5, max_cells=2)
+    sub = cells.find_nuclei(_blobs(centres), two, np.random.default_rng(1))
+    assert len(sub) == 2 and {tuple(c) for c in sub} <= {tuple(c) for c in found}
+
+
+def test_crop_cells_copies_pixels_and_fills_outside():
+    rng = np.random.default_rng(0)
+    site = rng.integers(0, 255, (6, 20, 20), dtype=np.uint8)
+    fill = np.arange(6, dtype=np.uint8) + 200
+    out = cells.crop_cells(site, np.array([[10, 10], [0, 19]]), 8, fill)
+    assert out.shape == (2, 6, 8, 8)
+    assert np.array_equal(out[0], site[:, 6:14, 6:14])
+    # a cell at the corner: the part inside the site is copied, the rest is the fill
+    assert np.array_equal(out[1][:, 4:, :5], site[:, :4, 15:20])
+    assert (out[1][:, :4] == fill[:, None, None]).all() and (out[1][:, :, 7] == fill[:, None]).all()
+
+
+@pytest.fixture(scope="module")
+def cell_store(tiny_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cells") / "cells"
+    cells.pack_cells(tiny_store, out, cells.CellFinder(crop=16), progress=False)
+    return out
+
+
+def test_cell_store_rows_and_pixels(tiny_store, cell_store):
+    sites, cs = store.SiteStore(tiny_store), store.SiteStore(cell_store)
+    assert cs.kind == "cells" and sites.kind == "sites" and cs.size == 16
+    # every site is there, with its columns, and most sites hold several cells
+    key = ["id_code", "site"]
+    assert set(map(tuple, cs.index[key].to_numpy())) == set(map(tuple, sites.index[key].to_numpy()))
+    per_site = cs.index.groupby(key).size()
+    assert per_site.median() >= 2
+    # each crop is its site's pixels around (y, x)
+    stats = sites.plate_stats("all")
+    for _, row in cs.index.sample(20, random_state=0).iterrows():
+        site_row = sites.index.set_index(key).loc[(row["id_code"], row["site"])]
+        image = sites.read(site_row["idx"])
+        fill = np.rint(stats[(row["experiment"], int(row["plate"]))][:, 0]).astype(np.uint8)
+        want = cells.crop_cells(image, np.array([[row["y"], row["x"]]]), 16, fill)[0]
+        assert np.array_equal(cs.read(row["idx"]), want)
+    # the plate statistics are the site store's: a cell is normalised as its site was
+    assert cs.stats.equals(sites.stats)
+
+
+def test_pack_cells_refuses(tiny_store, cell_store, tmp_path):
+    with pytest.raises(InputError, match="exists"):
+        cells.pack_cells(tiny_store, cell_store, progress=False)
+    with pytest.raises(InputError, match="already a cell store"):
+        cells.pack_cells(cell_store, tmp_path / "again", progress=False)
+    with pytest.raises(InputError, match="larger than"):
+        cells.pack_cells(tiny_store, tmp_path / "big", cells.CellFinder(crop=64), progress=False)
+    assert not (tmp_path / "big").exists()
+
+
+def test_train_and_predict_on_cells(tiny_screen, tiny_sites, tiny_store, cell_store, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_screen), "--store", str(cell_store), "--out", str(run),
+            "epochs=2", "batch_size=64", "embedding_dim=32", "deterministic=true"]  # fmt: skip
+    assert cli.main(args) == 0
+    out = predict.predict_run(run, tiny_sites, cell_store, "test", tmp_path / "t.npz", views=2,
+                              progress=False)  # fmt: skip
+    res = np.load(out)
+    test_wells = tiny_sites.loc[
+        (tiny_sites["split"] == "test") & (tiny_sites["well_type"] == "treatment"), "id_code"
+    ].unique()
+    assert sorted(res["id_code"]) == sorted(test_wells)  # one row per well, from its cells
+    cs = store.SiteStore(cell_store)
+    per_well = cs.index[cs.index["id_code"].isin(test_wells)].groupby("id_code").size()
+    assert np.array_equal(res["n_sites"], per_well.loc[res["id_code"]].to_numpy())
+    # a model of cells refuses a site store, and says what to do
+    with pytest.raises(StoreError, match="rcic cells"):
+        predict.predict_run(run, tiny_sites, tiny_store, "test", tmp_path / "x.npz",
+                            progress=False)  # fmt: skip
+
+
+def test_cli_cells(tiny_store, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert cli.main(["cells", "--store", str(tiny_store), "--out", str(out), "--crop", "12"]) == 0
+    assert "cells from" in capsys.readouterr().out
+    assert store.SiteStore(out).size == 12
+    assert cli.main(["cells", "--store", str(tiny_store), "--out", str(out)]) == 2  # exists
+
+
+def test_site_without_nuclei_keeps_its_centre_crop(tiny_store, tmp_path):
+    # a threshold no nucleus reaches: every site is still there, once, as its centre crop
+    out = tmp_path / "none"
+    cells.pack_cells(tiny_store, out, cells.CellFinder(crop=16, threshold=1e6), progress=False)
+    sites, cs = store.SiteStore(tiny_store), store.SiteStore(out)
+    assert len(cs.index) == len(sites.index)
+    half = sites.size // 2
+    assert (cs.index["y"] == half).all() and (cs.index["x"] == half).all()
+    row = cs.index.iloc[0]
+    site = sites.read(
+        sites.index.set_index(["id_code", "site"]).loc[(row["id_code"], row["site"]), "idx"]
+    )
+    assert np.array_equal(cs.read(row["idx"]), site[:, half - 8 : half + 8, half - 8 : half + 8])
