@@ -81,7 +81,9 @@ def test_pack_cells_refuses(tiny_store, cell_store, tmp_path):
     assert not (tmp_path / "big").exists()
 
 
-def test_train_and_predict_on_cells(tiny_screen, tiny_sites, tiny_store, cell_store, tmp_path):
+def test_train_and_predict_on_cells(
+    tiny_screen, tiny_sites, tiny_store, cell_store, tmp_path, capsys
+):
     run = tmp_path / "run"
     args = ["train", "--data", str(tiny_screen), "--store", str(cell_store), "--out", str(run),
             "epochs=2", "batch_size=64", "embedding_dim=32", "deterministic=true"]  # fmt: skip
@@ -100,6 +102,14 @@ def test_train_and_predict_on_cells(tiny_screen, tiny_sites, tiny_store, cell_st
     with pytest.raises(StoreError, match="rcic cells"):
         predict.predict_run(run, tiny_sites, tiny_store, "test", tmp_path / "x.npz",
                             progress=False)  # fmt: skip
+    # and resuming it on a site store is refused before anything is trained
+    before = (run / "metrics.jsonl").read_text()
+    resume = ["train", "--data", str(tiny_screen), "--store", str(tiny_store), "--out", str(run),
+              "--resume", "epochs=3", "batch_size=64", "embedding_dim=32"]  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(resume) == 2
+    assert "started on a cells store" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == before
 
 
 def test_cli_cells(tiny_store, tmp_path, capsys):
