@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from recipes import _print_row, _with_test_labels, accuracy, n_samples
+from recipes import _print_row, _with_test_labels, n_samples, train_and_score
 
-from rcic import cells, config, metadata, store, synth, train
+from rcic import cells, config, metadata, store, synth
 from rcic.store import SiteStore
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -70,15 +70,7 @@ def main() -> None:
                 continue
             cfg = config.load_config(CONFIGS / file, ["fold=0", *extra, f"seed={seed}"])
             run = args.work / "runs" / f"{file.split('.')[0]}-steps{steps}-s{seed}"
-            t1 = time.perf_counter()
-            if not (run / "checkpoints" / "last.pt").exists():
-                train.train(cfg, sites, where, run, progress=False)
-            results[key] = {
-                "val": accuracy(run, sites, st, "0"),
-                "test": accuracy(run, labelled, st, "test"),
-                "epochs": cfg.epochs,
-                "minutes": (time.perf_counter() - t1) / 60,
-            }
+            results[key] = train_and_score(cfg, run, sites, labelled, where, st)
             path.write_text(json.dumps(results, indent=1))
         rows = [results[f"{name}|{s}"] for s in args.seeds]
         _print_row(name, rows)

@@ -55,6 +55,20 @@ def accuracy(run: Path, sites, st: SiteStore, split: str) -> float:
     return float((treatment_argmax(res["logits"]) == res["sirna"]).mean())
 
 
+def train_and_score(cfg, run: Path, sites, labelled, store_path: Path, st: SiteStore) -> dict:
+    """Train `run` (unless it has finished) and score it per well on fold 0 and on the test
+    experiments (`labelled`: the sites with the hidden test labels filled in)."""
+    t0 = time.perf_counter()
+    if not (run / "checkpoints" / "last.pt").exists():
+        train.train(cfg, sites, store_path, run, progress=False)
+    return {
+        "val": accuracy(run, sites, st, "0"),
+        "test": accuracy(run, labelled, st, "test"),
+        "epochs": cfg.epochs,
+        "minutes": (time.perf_counter() - t0) / 60,
+    }
+
+
 def n_samples(cfg, sites, st) -> int:
     return len(samples.select_samples(sites, st, cfg).train_rows)
 
@@ -97,15 +111,7 @@ def main() -> None:
                 DEMO, ["fold=0", *overrides, f"epochs={epochs}", f"seed={seed}"]
             )
             run = args.work / "runs" / f"{_slug(name)}-s{seed}"
-            t0 = time.perf_counter()
-            if not (run / "checkpoints" / "last.pt").exists():
-                train.train(cfg, sites, st_path, run, progress=False)
-            results[key] = {
-                "val": accuracy(run, sites, st, "0"),
-                "test": accuracy(run, labelled, st, "test"),
-                "epochs": epochs,
-                "minutes": (time.perf_counter() - t0) / 60,
-            }
+            results[key] = train_and_score(cfg, run, sites, labelled, st_path, st)
             _save(args.work, results)
         _print_row(name, [results[f"{name}|{s}"] for s in args.seeds])
     (args.work / "recipes.json").write_text(json.dumps(results, indent=1))

@@ -43,8 +43,6 @@ def screen(work: Path, preset: str, seed: int) -> tuple[Path, pd.DataFrame, Path
     sites = metadata.load_metadata(data)
     if not (st / "store.json").exists():
         store.pack(data, sites, st)
-    if not (work / "cells" / "store.json").exists():
-        cells.pack_cells(st, work / "cells", cells.CellFinder(crop=CELL_CROP), progress=False)
     return data, sites, st
 
 
@@ -120,7 +118,10 @@ def main() -> None:
     best = max(rows.values())
     if not args.no_cnn:
         changed = f" with {', '.join(args.set)}" if args.set else ""
-        for on, where in (("sites", st), ("cells", args.work / "cells")):
+        cell_dir = args.work / "cells"
+        if not (cell_dir / "store.json").exists():
+            cells.pack_cells(st, cell_dir, cells.CellFinder(crop=CELL_CROP), progress=False)
+        for on, where in (("sites", st), ("cells", cell_dir)):
             cnn = cnn_row(args.work, data, sites, where, args.seed, args.set, on)
             result[f"cnn_{on}"] = cnn
             print(

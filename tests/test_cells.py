@@ -81,6 +81,16 @@ def test_pack_cells_refuses(tiny_store, cell_store, tmp_path):
     assert not (tmp_path / "big").exists()
 
 
+def test_pack_cells_failing_midway_leaves_nothing(tiny_store, tmp_path, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(cells, "crop_cells", broken)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        cells.pack_cells(tiny_store, tmp_path / "c", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither c nor c.partial
+
+
 def test_train_and_predict_on_cells(
     tiny_screen, tiny_sites, tiny_store, cell_store, tmp_path, capsys
 ):

@@ -9,7 +9,7 @@ averaged per well); rcic's version keeps everything else of the chain unchanged:
     rcic prepare DATA --out STORE            whole sites, with per-plate statistics
     rcic cells --store STORE --out CELLS     one row per cell: same columns + cell, y, x
     rcic train --store CELLS ...             samples are cells; validation and `rcic predict`
-                                             sum each well's logits over its cells, as over sites
+                                             combine each well's cells as they combine its sites
 
 Nuclei are found in the DNA channel (w1) of each site, standardised with its plate's statistics:
 local maxima of the image smoothed at about a nucleus' scale, above a threshold. A site where none
@@ -112,6 +112,21 @@ def pack_cells(
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     make_dir(tmp)
+    try:
+        index = _cut(st, tmp, finder, progress)
+    except BaseException:  # an error or Ctrl-C leaves neither `out` nor the partial folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(out)
+    found = int((index["state"] == PACKED).sum())
+    sites = int(st.packed.sum())
+    log.info("cut %d cells from %d sites (%.1f per site) into %s", found, sites,
+             found / max(1, sites), out)  # fmt: skip
+    return index
+
+
+def _cut(st: SiteStore, tmp: Path, finder: CellFinder, progress: bool) -> pd.DataFrame:
+    """Find and crop every site's cells into the folder `tmp`; the cell store's index."""
     stats = st.plate_stats("all")
     packed = st.packed
     writer = _CropWriter(tmp, finder.crop)
@@ -120,13 +135,13 @@ def pack_cells(
         st.index.iterrows(), total=len(st.index), desc="finding cells", unit="site",
         disable=not progress,
     ):  # fmt: skip
-        key = (site["experiment"], int(site["plate"]))
-        if not packed[i] or key not in stats:  # an unreadable site stays listed, as in its store
+        if not packed[i]:  # an unreadable site stays listed, as in its store
             rows.append({**site.to_dict(), "cell": 0, "y": -1, "x": -1, "state": FAILED})
             writer.add(np.zeros((1, len(layout.CHANNELS), finder.crop, finder.crop), np.uint8))
             continue
         image = st.read(site["idx"])
-        mean, std = stats[key][:, 0], stats[key][:, 1]
+        plate = stats[(site["experiment"], int(site["plate"]))]
+        mean, std = plate[:, 0], plate[:, 1]
         dna = (image[0].astype(np.float32) - mean[0]) / max(float(std[0]), 1e-3)
         rng = np.random.default_rng([int(site["idx"]), 7])
         centres = find_nuclei(dna, finder, rng)
@@ -158,15 +173,6 @@ def pack_cells(
         "complete": True,
     }
     atomic_text(tmp / "store.json", json.dumps(meta, indent=1))
-    tmp.rename(out)
-    per_site = len(found) / max(1, int(packed.sum()))
-    log.info(
-        "cut %d cells from %d sites (%.1f per site) into %s",
-        len(found),
-        packed.sum(),
-        per_site,
-        out,
-    )
     return index
 
 

@@ -20,7 +20,7 @@ from rcic.data import (
     collate_batch,
     plate_norm_stats,
 )
-from rcic.errors import InputError, StoreError
+from rcic.errors import InputError
 from rcic.inference import infer, resolve_device, sum_by_well
 from rcic.logitsfile import write_logits
 from rcic.models import RcicModel
@@ -130,12 +130,7 @@ def _predict_split(run, sites, store, split, checkpoint, device, *, treatments_o
     held_out = RunFolder(run).held_out()
     chosen = split_sites(sites, split, cfg, treatments_only, held_out=held_out)
     st = SiteStore(store)
-    trained_on = RunFolder(run).store_kind()
-    if trained_on is not None and trained_on != st.kind:
-        raise StoreError(
-            f"{run} was trained on a {trained_on} store but {st.path} is a {st.kind} store; "
-            + ("cut one with `rcic cells`" if trained_on == "cells" else "give the site store")
-        )
+    RunFolder(run).check_store_kind(st.kind, st.path)
     res = predict_logits(model, cfg, chosen, st, device=device, **kw)
     return _Prediction(res, chosen, cfg, st, held_out)
 

@@ -31,7 +31,7 @@ import torch
 
 from rcic import layout
 from rcic.config import FIELDS, ConfigError, TrainConfig, save_config, to_dict
-from rcic.errors import InputError, TrainingError
+from rcic.errors import InputError, StoreError, TrainingError
 from rcic.fileio import atomic_path, atomic_text
 from rcic.models import RcicModel, build_model, load_torch_file
 
@@ -113,6 +113,16 @@ class RunFolder:
             return json.loads(self.env.read_text()).get("store_kind")
         except (OSError, ValueError, AttributeError) as e:
             raise InputError(f"{self.env}: cannot read the run's record ({e})") from None
+
+    def check_store_kind(self, kind: str, store: str | Path) -> None:
+        """Raise StoreError unless `store` (of `kind`) is of the kind this run trained on."""
+        trained_on = self.store_kind()
+        if trained_on is not None and trained_on != kind:
+            how = " (cut one with `rcic cells`)" if trained_on == "cells" else ""
+            raise StoreError(
+                f"{self.root} started on a {trained_on} store; {store} is a {kind} store: "
+                f"give it a {trained_on} store{how}"
+            )
 
     def save_checkpoint(self, which: str, state: dict) -> None:
         """Write to a temporary name, then rename: a crash never leaves a half-written checkpoint."""

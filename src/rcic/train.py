@@ -121,11 +121,8 @@ def train(
     size = cfg.image_size or st.size
     if size > st.size:
         raise ConfigError(f"config image_size={size}: larger than the store's {st.size} px sites")
-    if resume and folder.store_kind() not in (None, st.kind):
-        raise StoreError(
-            f"{out} started on a {folder.store_kind()} store; {store_path} is a {st.kind} store: "
-            "resume it on the store it started on"
-        )
+    if resume:
+        folder.check_store_kind(st.kind, st.url or store_path)
     pseudo = pd.read_csv(cfg.pseudo_labels) if cfg.pseudo_labels else None
     # a resumed run keeps the validation experiments it recorded when it started
     samples = select_samples(sites, st, cfg, pseudo, folder.held_out() if resume else None)
