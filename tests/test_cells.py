@@ -79,6 +79,8 @@ def test_pack_cells_refuses(tiny_store, cell_store, tmp_path):
     with pytest.raises(InputError, match="larger than"):
         cells.pack_cells(tiny_store, tmp_path / "big", cells.CellFinder(crop=64), progress=False)
     assert not (tmp_path / "big").exists()
+    with pytest.raises(InputError, match="alignment 'sideways'"):
+        cells.CellFinder(align="sideways")
 
 
 def test_pack_cells_failing_midway_leaves_nothing(tiny_store, tmp_path, monkeypatch):
@@ -91,13 +93,19 @@ def test_pack_cells_failing_midway_leaves_nothing(tiny_store, tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither c nor c.partial
 
 
-def test_train_and_predict_on_cells(
-    tiny_screen, tiny_sites, tiny_store, cell_store, tmp_path, capsys
-):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def cell_run(tiny_screen, cell_store, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cell-run") / "run"
     args = ["train", "--data", str(tiny_screen), "--store", str(cell_store), "--out", str(run),
             "epochs=2", "batch_size=64", "embedding_dim=32", "deterministic=true"]  # fmt: skip
     assert cli.main(args) == 0
+    return run
+
+
+def test_train_and_predict_on_cells(
+    tiny_screen, tiny_sites, tiny_store, cell_store, cell_run, tmp_path, capsys
+):
+    run = cell_run
     out = predict.predict_run(run, tiny_sites, cell_store, "test", tmp_path / "t.npz", views=2,
                               progress=False)  # fmt: skip
     res = np.load(out)
@@ -143,3 +151,105 @@ def test_site_without_nuclei_keeps_its_centre_crop(tiny_store, tmp_path):
         sites.index.set_index(["id_code", "site"]).loc[(row["id_code"], row["site"]), "idx"]
     )
     assert np.array_equal(cs.read(row["idx"]), site[:, half - 8 : half + 8, half - 8 : half + 8])
+
+
+def _cell_window(angle_deg: float, body_right: bool, size: int = 48) -> np.ndarray:
+    """A (6, size, size) uint8 window: an elongated nucleus (w1) along `angle_deg` (from the columns'
+    axis towards the rows'), and ER/mitochondria (w2, w5) on one side of it, along the same axis."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) - (size - 1) / 2
+    t = np.radians(angle_deg)
+    along, across = xx * np.cos(t) + yy * np.sin(t), -xx * np.sin(t) + yy * np.cos(t)
+    window = np.full((6, size, size), 10.0, np.float32)
+    window[0] += 200 * np.exp(-(along**2) / (2 * 5.0**2) - across**2 / (2 * 2.0**2))
+    side = 9.0 if body_right else -9.0
+    body = 150 * np.exp(-((along - side) ** 2 + across**2) / (2 * 3.0**2))
+    window[1] += body
+    window[4] += body
+    return window.astype(np.uint8)
+
+
+def _right_heavy(image: np.ndarray) -> bool:
+    """Whether the signal above the background lies mostly in the right half of a (H, W) image."""
+    signal = np.clip(image.astype(np.float32) - np.median(image), 0, None)
+    half = image.shape[-1] // 2
+    return bool(signal[:, half:].sum() > 4 * signal[:, :half].sum())
+
+
+@pytest.mark.parametrize("angle", [0.0, 25.0, -50.0, 80.0, 120.0])
+@pytest.mark.parametrize("body_right", [True, False])
+def test_align_crop_lays_the_nucleus_flat_with_its_body_on_the_right(angle, body_right):
+    window = _cell_window(angle, body_right)
+    assert abs((cells.nucleus_angle(window[0], 16) - angle + 90) % 180 - 90) < 3
+    crop, turned, mirrored = cells.align_crop(window, 32, front=True)
+    assert crop.shape == (6, 32, 32) and crop.dtype == np.uint8
+    # the nucleus now lies along the columns, and the body is on the right half
+    assert abs(cells.nucleus_angle(crop[0], 32 / 3)) < 3
+    assert _right_heavy(crop[1]) and _right_heavy(crop[4])
+    dna = crop[0].astype(np.float32) - np.median(crop[0])
+    assert dna[14:18].sum() > 2 * dna[:, 14:18].sum()  # long along the rows, short across
+    # axis only: flat, but the body stays on whichever side it was turned to
+    flat, _, never = cells.align_crop(window, 32, front=False)
+    assert not never and abs(cells.nucleus_angle(flat[0], 32 / 3)) < 3
+    assert np.array_equal(crop, flat[:, :, ::-1] if mirrored else flat)
+
+
+def test_aligned_views_keep_the_alignment():
+    import torch
+
+    from rcic.data import BatchTransform, dihedral
+
+    x = torch.from_numpy(_cell_window(0.0, True)[None].astype(np.float32))
+    for name, views in cells.ALIGN_VIEWS.items():
+        for k in views:
+            y = dihedral(x, k)[0].numpy()
+            if name == "none":
+                continue
+            assert abs(cells.nucleus_angle(y[0], 16)) < 3  # still flat
+            if name == "front":  # and the body still on the right
+                assert _right_heavy(y[1])
+    # the views left out break it: a quarter turn stands the nucleus up, a left-right mirror
+    # moves the body to the left
+    assert abs(abs(cells.nucleus_angle(dihedral(x, 1)[0, 0].numpy(), 16)) - 90) < 3
+    assert _right_heavy(x[0, 1].numpy()) and not _right_heavy(dihedral(x, 4)[0, 1].numpy())
+    # training flips draw from the given views only
+    batch = x.repeat(64, 1, 1, 1).to(torch.uint8)
+    stats = torch.zeros(64, 6, 2)
+    stats[..., 1] = 1.0
+    flips = BatchTransform(48, views=(0, 6))
+    out = flips(batch, stats, train=True, generator=torch.Generator().manual_seed(0))
+    same = [(o == x[0]).all().item() for o in out]
+    vflip = [(o == x[0].flip(-2)).all().item() for o in out]
+    assert all(a or b for a, b in zip(same, vflip, strict=True)) and any(same) and any(vflip)
+    with pytest.raises(ValueError, match="views"):
+        BatchTransform(48, views=(0, 8))
+
+
+def test_aligned_cell_store_predicts_on_its_views(
+    tiny_sites, tiny_store, cell_run, tmp_path, monkeypatch
+):
+    out = tmp_path / "aligned"
+    assert cli.main(["cells", "--store", str(tiny_store), "--out", str(out), "--crop", "16",
+                     "--align", "front"]) == 0  # fmt: skip
+    cs, plain = store.SiteStore(out), store.SiteStore(tiny_store)
+    assert cs.views == (0, 6) and plain.views == tuple(range(8))
+    found = cs.index[cs.index["y"] >= 0]
+    assert found["angle"].abs().max() <= 90 and found["angle"].abs().max() > 0
+    assert found["mirrored"].any() and not found["mirrored"].all()
+    # every aligned crop has its nucleus flat: a turned crop's residual angle is small
+    for idx in found.sample(20, random_state=0)["idx"]:
+        dna = cs.read(idx)[0]
+        if np.clip(dna.astype(float) - np.median(dna), 0, None).sum() > 0:
+            assert abs(cells.nucleus_angle(dna, 16 / 3)) < 20
+    seen = []
+    real_infer = predict.infer
+
+    def spy(*a, **kw):
+        seen.append(tuple(kw["views"]))
+        return real_infer(*a, **kw)
+
+    monkeypatch.setattr(predict, "infer", spy)
+    # (a model trained on the unaligned crops of the same size serves to show which views are used)
+    predict.predict_run(cell_run, tiny_sites, out, "test", tmp_path / "t.npz", progress=False)
+    predict.predict_run(cell_run, tiny_sites, out, "test", tmp_path / "t1.npz", views=1,
+                        progress=False)  # fmt: skip
+    assert seen == [(0, 6), (0,)]

@@ -16,6 +16,15 @@ local maxima of the image smoothed at about a nucleus' scale, above a threshold.
 is found contributes its centre crop, so every well keeps its sites. Crops reaching past the site's
 edge are filled with the plate's mean (zero after normalisation). The cell store keeps the site
 store's plate statistics, so a cell is normalised exactly as its site was.
+
+Aligned crops (`rcic cells --align axis` or `front`): a cell's crop is cut from a window about 1.5
+times larger, turned so that its nucleus' long axis (second moments of the DNA signal near the
+centre) lies horizontal, and cut to size; with ``front``, also mirrored left-right so that the side
+of the nucleus holding more cytoplasm signal (ER, w2, and mitochondria, w5) is on the right. Shape
+and polarity then sit in the same place in every crop instead of at any angle, so the model need
+not learn each at every orientation. An aligned store lists the dihedral views that keep the
+alignment (``views`` in store.json: 4 for ``axis``, 2 for ``front``), and training's random flips
+and prediction's test-time views draw from those only. `benchmarks/cells.py` measures it.
 """
 
 from __future__ import annotations
@@ -41,6 +50,11 @@ log = logging.getLogger(__name__)
 
 SHARD = 256  # cells per shard file; each cell is its own inner chunk (one partial read)
 
+# The dihedral views (rcic.data.dihedral: k < 4 turns by k quarter turns, k >= 4 mirrors
+# left-right first) that keep an alignment: a horizontal axis survives the half turn (2) and both
+# mirrors (4: left-right, 6: top-bottom); a cell body on the right survives only the top-bottom one.
+ALIGN_VIEWS = {"none": tuple(range(8)), "axis": (0, 2, 4, 6), "front": (0, 6)}
+
 
 @dataclass(frozen=True)
 class CellFinder:
@@ -52,6 +66,8 @@ class CellFinder:
         min_distance: two nuclei are at least this far apart, in pixels (default crop / 4).
         threshold: a nucleus' smoothed DNA signal, in plate standard deviations above the plate mean.
         max_cells: keep at most this many cells per site (a seeded random subset); 0: all.
+        align: ``none``; ``axis``: turn each crop so its nucleus' long axis is horizontal;
+            ``front``: and mirror it so that the side with more ER and mitochondria is on the right.
     """
 
     crop: int = 32
@@ -59,12 +75,22 @@ class CellFinder:
     min_distance: int = 0
     threshold: float = 0.5
     max_cells: int = 0
+    align: str = "none"
 
     def __post_init__(self):
         if self.crop < 8:
             raise InputError(f"cell crop {self.crop}: must be at least 8 pixels")
         if self.threshold != self.threshold or self.max_cells < 0:
             raise InputError("cell finder: threshold must be a number and max_cells >= 0")
+        if self.align not in ALIGN_VIEWS:
+            raise InputError(
+                f"cell alignment {self.align!r}: expected one of {sorted(ALIGN_VIEWS)}"
+            )
+
+    @property
+    def window(self) -> int:
+        """Side of the window cut around a nucleus: the crop, or room to turn it when aligning."""
+        return self.crop if self.align == "none" else int(np.ceil(self.crop * 1.5 / 2)) * 2
 
     @property
     def smoothing(self) -> float:
@@ -92,6 +118,50 @@ def crop_cells(site: np.ndarray, centres: np.ndarray, crop: int, fill: np.ndarra
     padded[:] = fill[:, None, None]
     padded[:, half : half + site.shape[1], half : half + site.shape[2]] = site
     return np.stack([padded[:, y : y + crop, x : x + crop] for y, x in centres])
+
+
+def nucleus_angle(dna: np.ndarray, radius: float) -> float:
+    """Angle in degrees of the long axis of the DNA signal within `radius` of a crop's centre.
+
+    Second moments of the signal above the crop's median; measured from the columns' axis towards
+    the rows' (image coordinates), in (-90, 90]. Turning the crop by it (`align_crop`) lays the
+    axis horizontal.
+    """
+    h, w = dna.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy -= (h - 1) / 2
+    xx -= (w - 1) / 2
+    weight = np.clip(dna.astype(np.float32) - np.median(dna), 0, None)
+    weight *= yy**2 + xx**2 < radius**2
+    total = weight.sum()
+    if total <= 0:
+        return 0.0
+    cy, cx = (weight * yy).sum() / total, (weight * xx).sum() / total
+    syy = (weight * (yy - cy) ** 2).sum() / total
+    sxx = (weight * (xx - cx) ** 2).sum() / total
+    sxy = (weight * (yy - cy) * (xx - cx)).sum() / total
+    return float(np.degrees(0.5 * np.arctan2(2 * sxy, sxx - syy)))
+
+
+def align_crop(window: np.ndarray, crop: int, front: bool) -> tuple[np.ndarray, float, bool]:
+    """One cell's (6, crop, crop) aligned crop from its larger (6, W, W) uint8 window.
+
+    Returns the crop, the angle it was turned by (degrees) and whether it was mirrored.
+    """
+    angle = nucleus_angle(window[0], crop / 3)
+    turned = ndimage.rotate(
+        window.astype(np.float32), angle, axes=(1, 2), reshape=False, order=1, mode="nearest"
+    )
+    o = (window.shape[-1] - crop) // 2
+    out = turned[:, o : o + crop, o : o + crop]
+    mirrored = False
+    if front:
+        body = out[[1, 4]] - np.median(out[[1, 4]], axis=(1, 2), keepdims=True)
+        body = np.clip(body, 0, None).sum(0)
+        mirrored = bool(body[:, : crop // 2].sum() > body[:, crop - crop // 2 :].sum())
+        if mirrored:
+            out = out[:, :, ::-1]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), angle, mirrored
 
 
 def pack_cells(
@@ -136,7 +206,8 @@ def _cut(st: SiteStore, tmp: Path, finder: CellFinder, progress: bool) -> pd.Dat
         disable=not progress,
     ):  # fmt: skip
         if not packed[i]:  # an unreadable site stays listed, as in its store
-            rows.append({**site.to_dict(), "cell": 0, "y": -1, "x": -1, "state": FAILED})
+            rows.append({**site.to_dict(), "cell": 0, "y": -1, "x": -1, "angle": 0.0,
+                         "mirrored": False, "state": FAILED})  # fmt: skip
             writer.add(np.zeros((1, len(layout.CHANNELS), finder.crop, finder.crop), np.uint8))
             continue
         image = st.read(site["idx"])
@@ -148,9 +219,16 @@ def _cut(st: SiteStore, tmp: Path, finder: CellFinder, progress: bool) -> pd.Dat
         if len(centres) == 0:  # no nucleus found: the site's centre stands for it
             centres = np.array([[image.shape[1] // 2, image.shape[2] // 2]])
         fill = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
-        writer.add(crop_cells(image, centres, finder.crop, fill))
-        for k, (y, x) in enumerate(centres):
-            rows.append({**site.to_dict(), "cell": k, "y": int(y), "x": int(x), "state": PACKED})
+        crops = crop_cells(image, centres, finder.window, fill)
+        turns = [(0.0, False)] * len(crops)
+        if finder.align != "none":
+            aligned = [align_crop(c, finder.crop, finder.align == "front") for c in crops]
+            crops = np.stack([a[0] for a in aligned])
+            turns = [a[1:] for a in aligned]
+        writer.add(crops)
+        for k, ((y, x), (angle, mirrored)) in enumerate(zip(centres, turns, strict=True)):
+            rows.append({**site.to_dict(), "cell": k, "y": int(y), "x": int(x),
+                         "angle": round(angle, 1), "mirrored": mirrored, "state": PACKED})  # fmt: skip
     writer.close()
     index = pd.DataFrame(rows).drop(columns="idx").reset_index(drop=True)
     index = index.rename_axis("idx").reset_index()
@@ -168,6 +246,7 @@ def _cut(st: SiteStore, tmp: Path, finder: CellFinder, progress: bool) -> pd.Dat
         "channels": len(layout.CHANNELS),
         "source": str(st.path),
         "finder": finder.__dict__,
+        "views": list(ALIGN_VIEWS[finder.align]),
         "cells": int(len(found)),
         "sites": int(packed.sum()),
         "complete": True,

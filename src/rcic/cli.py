@@ -106,7 +106,7 @@ def _add_inference_args(p) -> None:
         default=8,
         choices=range(1, 9),
         metavar="1..8",
-        help="dihedral TTA views (default 8)",
+        help="dihedral TTA views (default 8; an aligned cell store allows fewer, and uses those)",
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -237,13 +237,23 @@ def _add_cells(sub) -> None:
     p.add_argument(
         "--max-cells", type=int, default=0, help="keep at most this many cells per site (0: all)"
     )
+    p.add_argument(
+        "--align",
+        choices=("none", "axis", "front"),
+        default="none",
+        help="turn each crop so its nucleus' long axis is horizontal (axis); and mirror it so the "
+        "side with more ER and mitochondria is on the right (front). Training flips and test-time "
+        "views then keep to the views that keep the alignment",
+    )
     p.set_defaults(func=cmd_cells)
 
 
 def cmd_cells(args) -> int:
     from rcic import cells
 
-    finder = cells.CellFinder(crop=args.crop, threshold=args.threshold, max_cells=args.max_cells)
+    finder = cells.CellFinder(
+        crop=args.crop, threshold=args.threshold, max_cells=args.max_cells, align=args.align
+    )
     index = cells.pack_cells(args.store, args.out, finder)
     found = int((index["state"] == cells.PACKED).sum())
     print(f"{args.out}: {found} cells from {index['id_code'].nunique()} wells")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -133,15 +134,25 @@ class BatchTransform:
     Args:
         out_size: side of the model's input.
         flips: random flips and 90-degree rotations.
+        views: the dihedral views that flips draw from, uniformly (default all 8; fewer for an
+            aligned cell store, `SiteStore.views`).
         zoom: random crop side as a fraction of the image, (low, high); resized to out_size.
         intensity_jitter: std of per-channel random scale (log) and shift, in normalised units.
     """
 
     def __init__(
-        self, out_size: int, flips: bool = True, zoom=(1.0, 1.0), intensity_jitter: float = 0.0
+        self,
+        out_size: int,
+        flips: bool = True,
+        zoom=(1.0, 1.0),
+        intensity_jitter: float = 0.0,
+        views: Sequence[int] = tuple(range(8)),
     ):
         self.out_size = out_size
         self.flips = flips
+        self.views = torch.as_tensor(list(views), dtype=torch.long)
+        if len(self.views) == 0 or not all(0 <= int(k) < 8 for k in self.views):
+            raise ValueError(f"views {list(views)}: expected indices in 0..7")
         self.zoom = tuple(zoom)
         self.jitter = intensity_jitter
 
@@ -171,7 +182,7 @@ class BatchTransform:
         if self.zoom != (1.0, 1.0) or x.shape[-1] != self.out_size:
             x = self._random_crop(x, generator)
         if self.flips:
-            ks = torch.randint(0, 8, (b,), generator=generator)
+            ks = self.views[torch.randint(0, len(self.views), (b,), generator=generator)]
             out = torch.empty_like(x)
             for k in ks.unique().tolist():  # one batched op per view, not one per sample
                 sel = (ks == k).nonzero().squeeze(1).to(x.device)

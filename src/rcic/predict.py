@@ -45,7 +45,8 @@ def predict_logits(
     embeddings: bool = False,
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Per-well logits: mean over `views` dihedral views and the well's sites.
+    """Per-well logits: mean over the first `views` dihedral views the store allows (all 8 but for an
+    aligned cell store, `SiteStore.views`) and the well's sites.
 
     Args:
         combine: ``mean`` of logits, or ``logprob``: mean of log-softmax outputs.
@@ -68,7 +69,7 @@ def predict_logits(
         loader,
         transform,
         device,
-        views=range(views),
+        views=st.views[:views],
         amp=cfg.amp,
         channels_last=cfg.channels_last,
         progress=progress,

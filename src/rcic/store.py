@@ -516,6 +516,12 @@ class SiteStore:
         """``sites`` (rcic prepare) or ``cells`` (rcic cells: one row per cell crop)."""
         return str(self.meta.get("kind", "sites"))
 
+    @property
+    def views(self) -> tuple[int, ...]:
+        """The dihedral views (rcic.data.dihedral) that keep what the store's images share:
+        all 8, or those that keep an aligned cell store's alignment (rcic.cells)."""
+        return tuple(int(k) for k in self.meta.get("views", range(8)))
+
     def _arrays(self):
         if self._images is None:  # opened lazily, so each worker process opens its own
             group = self._group()

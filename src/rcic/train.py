@@ -231,7 +231,7 @@ class Trainer:
         wrapped = DistributedDataParallel(model) if ctx.world > 1 else model
         if cfg.compile:
             wrapped = torch.compile(wrapped)
-        transform = BatchTransform(size, cfg.flips, cfg.zoom, cfg.intensity_jitter)
+        transform = BatchTransform(size, cfg.flips, cfg.zoom, cfg.intensity_jitter, st.views)
         return cls(cfg, ctx, folder, samples, loaders, model, wrapped, opt, sched, transform,
                    start_epoch, best)  # fmt: skip
 
