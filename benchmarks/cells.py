@@ -1,6 +1,6 @@
 """Single cells against whole sites on the `demo` screen, several seeds, equal optimiser steps.
 
-Usage: python benchmarks/cells.py [--work DIR] [--seeds 0 1 2]
+Usage: python benchmarks/cells.py [--work DIR] [--seeds 0 1 2] [--arms sites cells aligned]
 
 The screen and site store are those of benchmarks/recipes.py (same --work, screen seed 0): a screen
 that chose nothing in configs/cells.yaml (that was chosen on the certificate screen, seed 5).
@@ -9,7 +9,8 @@ that chose nothing in configs/cells.yaml (that was chosen on the certificate scr
 - single cells: configs/cells.yaml on `rcic cells --crop 32` of the same store;
 - aligned single cells: the same recipe on `rcic cells --crop 32 --align ALIGN` (the same nuclei,
   so the same cells and steps; flips and test-time views limited to those that keep the alignment).
-All hold out fold 0. Accuracy per well of treatment wells, 8 views (of every site, or of every
+All hold out fold 0. `--arms` trains and prints only some of them (finished runs are cached in
+WORK/cells.json and reused). Accuracy per well of treatment wells, 8 views (of every site, or of every
 cell of both sites): `val` on fold 0's held-out training experiments, `test` on the test experiments.
 """
 
@@ -36,6 +37,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/rcic-bench-recipes"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--arms",
+        nargs="+",
+        choices=("sites", "cells", "aligned"),
+        default=["sites", "cells", "aligned"],
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     data, site_dir, cell_dir = args.work / "demo", args.work / "store", args.work / f"cells{CROP}"
@@ -66,15 +73,17 @@ def main() -> None:
     site_cfg = config.load_config(CONFIGS / "demo.yaml", ["fold=0"])
     site_epochs = max(1, round(steps / (n_samples(site_cfg, sites, sst) // site_cfg.batch_size)))
     arms = {
-        "whole sites (demo.yaml)": ("demo.yaml", [f"epochs={site_epochs}"], site_dir, sst),
-        "single cells (cells.yaml)": ("cells.yaml", [], cell_dir, cst),
-        f"aligned cells ({ALIGN})": ("cells.yaml", [], aligned_dir, ast),
+        "whole sites (demo.yaml)": ("sites", "demo.yaml", [f"epochs={site_epochs}"], site_dir, sst),
+        "single cells (cells.yaml)": ("cells", "cells.yaml", [], cell_dir, cst),
+        f"aligned cells ({ALIGN})": ("aligned", "cells.yaml", [], aligned_dir, ast),
     }
     print(f"{steps} optimiser steps for each; seeds {args.seeds}; accuracy per well, 8 views")
     print(f"{'recipe':26} {'val (fold 0) mean+-sd':>22} {'test mean+-sd':>16}   per seed (test)")
     path = args.work / "cells.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    for name, (file, extra, where, st) in arms.items():
+    for name, (arm, file, extra, where, st) in arms.items():
+        if arm not in args.arms:
+            continue
         for seed in args.seeds:
             key = f"{name}|{seed}"
             if key in results:
