@@ -89,7 +89,7 @@ def main() -> None:
             if key in results:
                 continue
             cfg = config.load_config(CONFIGS / file, ["fold=0", *extra, f"seed={seed}"])
-            tag = f"-{ALIGN}" if where == aligned_dir else ""
+            tag = f"-{ALIGN}" if arm == "aligned" else ""
             run = args.work / "runs" / f"{file.split('.')[0]}{tag}-steps{steps}-s{seed}"
             results[key] = train_and_score(cfg, run, sites, labelled, where, st)
             path.write_text(json.dumps(results, indent=1))
