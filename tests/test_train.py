@@ -69,6 +69,76 @@ def test_resume_equals_uninterrupted(tiny_sites, tiny_store, tmp_path):
     ]
 
 
+def _weights(run) -> dict:
+    return torch.load(Path(run) / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_deterministic_training_gives_the_same_bits_when_two_share_the_cores(
+    tiny_screen, tiny_store, tmp_path
+):
+    """Two `rcic train` processes with the same seed, at once on the same cores (the contention that
+    made bf16 CPU runs differ): identical weights, losses and accuracies, computed in fp32."""
+    runs = [tmp_path / "a", tmp_path / "b"]
+    base = ["train", "--data", str(tiny_screen), "--store", str(tiny_store), *FAST,
+            "deterministic=true", "amp=true"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "rcic.cli", *base, "--out", str(r)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for r in runs
+    ]  # fmt: skip
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    a, b = _weights(runs[0]), _weights(runs[1])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    untimed = [[{k: v for k, v in row.items() if k != "images_per_s"} for row in _metrics(r)]
+               for r in runs]  # fmt: skip
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 2
+    env_json = json.loads((runs[0] / "env.json").read_text())
+    assert env_json["bf16"] is False and env_json["cpu_threads"] >= 1
+
+
+def test_bf16_only_where_asked_and_not_on_a_deterministic_cpu_run():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert train.use_bf16(cpu, amp=True, deterministic=False)
+    assert not train.use_bf16(cpu, amp=True, deterministic=True)
+    assert not train.use_bf16(cpu, amp=False, deterministic=False)
+    assert train.use_bf16(gpu, amp=True, deterministic=True)  # CUDA kernels have their own switch
+
+
+def test_threads_follow_the_cores_given(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert distributed.cpu_threads() == 4
+    assert distributed.cpu_threads(num_workers=1) == 3  # a core for the DataLoader worker
+    assert distributed.cpu_threads(3) == 3  # asked for: taken as given
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this machine share the cores
+    assert distributed.cpu_threads() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert distributed.cpu_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # set by the user or torchrun: honoured
+    assert distributed.cpu_threads() == 1
+    before = torch.get_num_threads()
+    try:
+        assert distributed.set_threads(2) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="threads"):
+        _cfg("threads=-1")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tiny_site_training_stays_finite_for_any_seed(tiny_sites, tiny_store, tmp_path, seed):
+    cfg = _cfg("epochs=1", f"seed={seed}", "deterministic=true", "lr=0.002", "batch_size=64",
+               "embedding_dim=32", "warmup_epochs=1")  # fmt: skip
+    row = train.train(cfg, tiny_sites, tiny_store, tmp_path / "run", progress=False)
+    assert np.isfinite(row["loss"]) and 0 <= row["val"]["overall"] <= 1
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run").values()
+               if v.is_floating_point())  # fmt: skip
+
+
 def test_folds_hold_out_whole_experiments(tiny_sites, tiny_store):
     from rcic.store import SiteStore
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from rcic.errors import InputError, RcicError
+
+# Idle OpenMP threads sleep instead of spinning, so that processes sharing the cores do not starve
+# each other (two trainings on 2 cores keep most of their speed: benchmarks/threads.py). OpenMP reads
+# this once, when torch loads it, which is after this module is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("rcic")
 
@@ -110,6 +116,12 @@ def _add_inference_args(p) -> None:
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (default 0: this process's share of the cores it may run on)",
+    )
 
 
 def _sites(args):
@@ -347,6 +359,7 @@ def _inference_options(args) -> dict:
         "views": args.views,
         "batch_size": args.batch_size,
         "device": args.device,
+        "threads": args.threads,
     }
 
 
@@ -546,7 +559,9 @@ def _add_demo(sub) -> None:
         "--out", type=Path, default=Path("demo-run"), help="output folder (default demo-run)"
     )
     p.add_argument(
-        "--quick", action="store_true", help="3 epochs per model (about 2-3 minutes, for CI)"
+        "--quick",
+        action="store_true",
+        help="a smoke run: the tiny screen, 3 epochs per model (under a minute; its numbers mean nothing)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)

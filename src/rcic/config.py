@@ -73,6 +73,9 @@ class TrainConfig:
     """Hold the store in memory when it is smaller than this many MiB."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    threads: int = 0
+    """CPU threads of torch's intra-op pool; 0: this process's share of the cores it may run on
+    (``os.sched_getaffinity``, less one per DataLoader worker; OMP_NUM_THREADS where set)."""
     sync_batchnorm: bool = True
     """Under torchrun on several GPUs, synchronise BatchNorm statistics across them (SyncBatchNorm);
     not available on CPU (gloo), where each rank keeps its own."""
@@ -125,6 +128,7 @@ class TrainConfig:
             (self.sites in ("both", "1"), "sites", "both or 1"),
             (self.optimizer in ("adamw", "adam", "sgd"), "optimizer", "adamw, adam or sgd"),
             (self.epochs >= 1, "epochs", ">= 1"),
+            (self.threads >= 0 and self.num_workers >= 0, "threads/num_workers", ">= 0"),
             (self.batch_size >= 1 and self.accumulate >= 1, "batch_size/accumulate", ">= 1"),
             (self.fold < self.folds, "fold", f"below folds ({self.folds})"),
             (

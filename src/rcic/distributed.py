@@ -52,6 +52,32 @@ def setup_distributed(device: str) -> Dist:
     return Dist(rank, world, dev)
 
 
+def cpu_threads(requested: int = 0, num_workers: int = 0) -> int:
+    """Threads for torch's intra-op pool on a CPU.
+
+    `requested` > 0 is taken as given. Otherwise OMP_NUM_THREADS is honoured where it is set (torchrun
+    sets it for its ranks); else each of the LOCAL_WORLD_SIZE processes on this machine takes an
+    equal share of the cores this process may run on (``os.sched_getaffinity``: a cgroup or
+    ``taskset`` limit counts), less one core per DataLoader worker, so that torch's threads and the
+    workers do not together ask for more cores than there are.
+    """
+    if requested > 0:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, (cores or 1) // local - num_workers)
+
+
+def set_threads(requested: int = 0, num_workers: int = 0) -> int:
+    """Size torch's intra-op pool (:func:`cpu_threads`); the number of threads it now has."""
+    n = cpu_threads(requested, num_workers)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)

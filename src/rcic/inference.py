@@ -19,6 +19,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def use_bf16(device: torch.device, amp: bool, deterministic: bool) -> bool:
+    """Whether a run computes in bf16 autocast: asked for (`amp`), and not on a CPU under
+    `deterministic`. There oneDNN's bf16 kernels (AVX-512 BF16 / AMX) gave different bits from one
+    run to the next when another process shared the cores, where fp32 kernels gave the same bits
+    (benchmarks/threads.py), so a deterministic run on a CPU computes in fp32."""
+    return amp and not (deterministic and device.type == "cpu")
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast where the device supports it (CPU, and GPUs of compute capability 8+)."""
     if not enabled:

@@ -20,8 +20,9 @@ from rcic.data import (
     collate_batch,
     plate_norm_stats,
 )
+from rcic.distributed import set_threads
 from rcic.errors import InputError
-from rcic.inference import infer, resolve_device, sum_by_well
+from rcic.inference import infer, resolve_device, sum_by_well, use_bf16
 from rcic.logitsfile import write_logits
 from rcic.models import RcicModel
 from rcic.plates import fit_temperature
@@ -70,7 +71,7 @@ def predict_logits(
         transform,
         device,
         views=st.views[:views],
-        amp=cfg.amp,
+        amp=use_bf16(device, cfg.amp, cfg.deterministic),
         channels_last=cfg.channels_last,
         progress=progress,
         embeddings=embeddings,
@@ -124,8 +125,12 @@ class _Prediction:
     held_out: list[str] | None  # as the run recorded them
 
 
-def _predict_split(run, sites, store, split, checkpoint, device, *, treatments_only, **kw):
-    """Load a run's checkpoint and predict one split of `sites` (see predict_logits for `kw`)."""
+def _predict_split(
+    run, sites, store, split, checkpoint, device, *, treatments_only, threads=0, **kw
+):
+    """Load a run's checkpoint and predict one split of `sites` with `threads` CPU threads
+    (0: :func:`rcic.distributed.cpu_threads`); `kw` goes to predict_logits."""
+    set_threads(threads)
     device = resolve_device(device)
     model, cfg = load_checkpoint(run, checkpoint, device)
     held_out = RunFolder(run).held_out()
@@ -150,6 +155,7 @@ def predict_run(
     device: str = "auto",
     temperature: float | None = None,
     progress: bool = True,
+    threads: int = 0,
 ) -> Path:
     """Predict one split of a dataset with a run's checkpoint and write a logits file.
 
@@ -158,7 +164,7 @@ def predict_run(
     """
     res = _predict_split(
         run, sites, store, split, checkpoint, device, treatments_only=True, views=views,
-        combine=combine, batch_size=batch_size, progress=progress,
+        combine=combine, batch_size=batch_size, progress=progress, threads=threads,
     ).res  # fmt: skip
     if split not in ("test", "train") and temperature is None:
         temperature = fit_temperature(res["logits"], res["sirna"])
@@ -187,6 +193,7 @@ def embed_run(
     batch_size: int = 64,
     device: str = "auto",
     progress: bool = True,
+    threads: int = 0,
 ) -> Path:
     """Embed every well (treatments and controls) of a split with a run's model; write an .npz.
 
@@ -195,7 +202,7 @@ def embed_run(
     """
     pr = _predict_split(
         run, sites, store, split, checkpoint, device, treatments_only=False, views=views,
-        batch_size=batch_size, embeddings=True, progress=progress,
+        batch_size=batch_size, embeddings=True, progress=progress, threads=threads,
     )  # fmt: skip
     res = pr.res
     wt = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"], "well_type"]

@@ -36,11 +36,12 @@ from rcic.distributed import (
     any_rank,
     gather,
     seed_everything,
+    set_threads,
     setup_distributed,
     sync_batchnorm,
 )
 from rcic.errors import TrainingError
-from rcic.inference import autocast, infer, sum_by_well
+from rcic.inference import autocast, infer, sum_by_well, use_bf16
 from rcic.metrics import accuracy_table, treatment_argmax
 from rcic.models import build_model, compute_loss
 from rcic.runs import RunFolder, environment, restore, run_log, training_state
@@ -116,6 +117,7 @@ def train(
     """
     folder = RunFolder(out)
     ctx = setup_distributed(cfg.device)
+    set_threads(cfg.threads, cfg.num_workers)
     seed_everything(cfg.seed, cfg.deterministic)
     st = SiteStore(store_path)
     size = cfg.image_size or st.size
@@ -142,6 +144,7 @@ def train(
                 "store": st.url or str(Path(store_path).resolve()),
                 "store_kind": st.kind,
                 "n_train_samples": len(samples.train_rows),
+                "bf16": use_bf16(ctx.device, cfg.amp, cfg.deterministic),
             }
             folder.start(cfg, env, split_record(cfg, samples))
     with run_log(folder, ctx.main):
@@ -304,7 +307,7 @@ class Trainer:
         x, ya, yb, lam = mix_batch(x, batch["label"].to(dev), cfg.mixup, cfg.cutmix, gen)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(dev, cfg.amp):
+        with autocast(dev, use_bf16(dev, cfg.amp, cfg.deterministic)):
             out = self.wrapped(x, batch["cell_type"].to(dev))
         loss = compute_loss(out, ya, yb, lam, cfg) / cfg.accumulate
         loss.backward()
@@ -333,7 +336,8 @@ def validate(model, loader, transform, rows: pd.DataFrame, ctx: Dist, cfg: Train
     Under torchrun each rank's loader holds a shard of the held-out sites; their logits are
     gathered, so every rank returns the metrics of the whole held-out set.
     """
-    res = infer(model, loader, transform, ctx.device, views=(0,), amp=cfg.amp,
+    amp = use_bf16(ctx.device, cfg.amp, cfg.deterministic)
+    res = infer(model, loader, transform, ctx.device, views=(0,), amp=amp,
                 channels_last=cfg.channels_last)  # fmt: skip
     parts = gather((res["rows"], res["logits"]), ctx)
     at = np.concatenate([r for r, _ in parts])
