@@ -17,7 +17,7 @@ demo: setup
 	$(BIN)/rcic demo --out demo-run
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

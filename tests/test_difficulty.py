@@ -42,6 +42,6 @@ def test_the_bound_catches_labels_in_brightness(tmp_path, monkeypatch):
     """The same check on a screen whose siRNAs change stain brightness (as the first generator
     did): it must fail the bound, or the test above could not fail."""
     monkeypatch.setattr(cellsim, "INTENSITY_EFFECT", 0.5)
-    root = synth.generate(tmp_path / "bright", MINI, seed=11, workers=1)
+    root = synth.generate(tmp_path / "bright", MINI, seed=11, workers=2)  # forked: patched too
     best, scores = _best_baseline(root)
     assert best > 2 * BOUND, scores
