@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from rcic import demo
+from rcic import cli, demo  # noqa: F401 (cli first: its OpenMP settings, as `rcic demo` has them)
 
 
 def main() -> None:

@@ -100,12 +100,12 @@ def test_pack_cells_failing_midway_leaves_nothing(tiny_store, tmp_path, monkeypa
 def cell_run(tiny_screen, cell_store, tmp_path_factory):
     run = tmp_path_factory.mktemp("cell-run") / "run"
     args = ["train", "--data", str(tiny_screen), "--store", str(cell_store), "--out", str(run),
-            "epochs=2", "batch_size=64", "embedding_dim=32", "deterministic=true"]  # fmt: skip
+            "epochs=1", "batch_size=64", "embedding_dim=32", "deterministic=true"]  # fmt: skip
     assert cli.main(args) == 0
     return run
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])  # and seed 0: the cell_run fixture
 def test_tiny_cell_training_stays_finite_for_any_seed(tiny_screen, cell_store, tmp_path, seed):
     """The training that went NaN in bf16 when another process shared the cores: one epoch per seed,
     a finite loss and finite weights every time."""

@@ -23,7 +23,7 @@ def demo_dir(tmp_path_factory):
 def test_demo_quick_numbers(demo_dir, capsys):
     table = json.loads((demo_dir / "demo.json").read_text())
     rcic = table["rcic"]
-    # --quick trains 3 epochs on the tiny screen: a smoke run, so this checks the table, not
+    # --quick trains 2 epochs on the tiny screen: a smoke run, so this checks the table, not
     # accuracy (the pipeline test checks what the plate stages do for a trained model)
     assert list(rcic) == ["single model", "ensemble", "plate groups", "well decision"]
     assert all(0.0 <= v <= 1.0 for v in rcic.values())

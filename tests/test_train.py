@@ -55,7 +55,7 @@ def test_training_reduces_loss_and_leaves_a_run_folder(tiny_sites, tiny_store, t
 
 
 def test_resume_equals_uninterrupted(tiny_sites, tiny_store, tmp_path):
-    cfg = _cfg("deterministic=true", "epochs=3", "mixup=0.4")
+    cfg = _cfg("deterministic=true", "epochs=2", "mixup=0.4")
     train.train(cfg, tiny_sites, tiny_store, tmp_path / "full", progress=False)
     train.train(cfg, tiny_sites, tiny_store, tmp_path / "cut", progress=False, stop_after_epoch=1)
     assert _metrics(tmp_path / "cut")[-1]["epoch"] == 1

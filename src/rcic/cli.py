@@ -561,7 +561,7 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: the tiny screen, 3 epochs per model (under a minute; its numbers mean nothing)",
+        help="a smoke run: the tiny screen, 2 epochs per model (under a minute; its numbers mean nothing)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)

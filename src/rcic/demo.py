@@ -31,7 +31,7 @@ def run_demo(
 ) -> dict:
     """Run the demo into `out`; return the stage table (also written to ``out/demo.json``).
 
-    `quick`: a smoke run of the same chain on the ``tiny`` screen with 3 epochs per model (its
+    `quick`: a smoke run of the same chain on the ``tiny`` screen with 2 epochs per model (its
     numbers say nothing about what the recipe learns; the full demo's do).
     """
     out = Path(out)
@@ -44,7 +44,7 @@ def run_demo(
     sites = metadata.load_metadata(data)
     log.info("2/6 packing %d sites into %s", len(sites), store_dir)
     store.pack(data, sites, store_dir, workers=workers)
-    epochs = ["epochs=3"] if quick else []
+    epochs = ["epochs=2"] if quick else []
     models = {
         f"model-{k}": recipe("demo", epochs + [f"seed={seed + k}", f"fold={k}"]) for k in range(2)
     }
