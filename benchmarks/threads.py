@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,7 @@ def main() -> None:
     print(f"{'arm':30} {'alone img/s':>11} {'two at once img/s (% of alone)':>34}  same bits")
     for i, (name, (keys, env)) in enumerate(ARMS.items()):
         for stale in work.glob(f"arm{i}-*"):
-            subprocess.run(["rm", "-rf", str(stale)], check=True)
+            (shutil.rmtree if stale.is_dir() else Path.unlink)(stale)
         res = run_arm(screen, cells, work, f"arm{i}", keys, env, args.epochs)
         solo = res["solo"]
         shares = "  ".join(f"{p['speed']:6.1f} ({100 * p['speed'] / solo['speed']:3.0f}%)"

@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from rcic import config, data, distributed, layout, metadata, models, runs, samples, train
+from rcic import (
+    config,
+    data,
+    distributed,
+    inference,
+    layout,
+    metadata,
+    models,
+    runs,
+    samples,
+    train,
+)
 from rcic.config import ConfigError
 from rcic.errors import InputError
 from rcic.store import StoreError
@@ -101,10 +112,12 @@ def test_deterministic_training_gives_the_same_bits_when_two_share_the_cores(
 
 def test_bf16_only_where_asked_and_not_on_a_deterministic_cpu_run():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert train.use_bf16(cpu, amp=True, deterministic=False)
-    assert not train.use_bf16(cpu, amp=True, deterministic=True)
-    assert not train.use_bf16(cpu, amp=False, deterministic=False)
-    assert train.use_bf16(gpu, amp=True, deterministic=True)  # CUDA kernels have their own switch
+    assert inference.use_bf16(cpu, amp=True, deterministic=False)
+    assert not inference.use_bf16(cpu, amp=True, deterministic=True)
+    assert not inference.use_bf16(cpu, amp=False, deterministic=False)
+    assert inference.use_bf16(
+        gpu, amp=True, deterministic=True
+    )  # CUDA kernels have their own switch
 
 
 def test_threads_follow_the_cores_given(monkeypatch):
@@ -118,8 +131,9 @@ def test_threads_follow_the_cores_given(monkeypatch):
     assert distributed.cpu_threads() == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert distributed.cpu_threads() == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # set by the user or torchrun: honoured
-    assert distributed.cpu_threads() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # set by the user or torchrun: honoured
+    assert distributed.cpu_threads() == 3 and distributed.cpu_threads(num_workers=1) == 3
     before = torch.get_num_threads()
     try:
         assert distributed.set_threads(2) == 2 and torch.get_num_threads() == 2
