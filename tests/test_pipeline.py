@@ -71,11 +71,10 @@ def test_plate_stages_keep_accuracy_and_one_sirna_per_plate(
     assert cli.main(args) == 0
     stages = json.loads((tmp_path / "stages.json").read_text())["stages"]
     acc = {k: v["overall"] for k, v in stages.items()}
-    # What holds for every honest run of the tiny model (63 test wells, 16 treatments): six seeds
-    # gave 0.03-0.19 for the model alone (chance 0.06; one seed learnt nothing that transferred to
-    # the test experiments, so beating chance is not asserted here), the plate groups +0.00 to +0.18
-    # over it and the assignment +0.08 to +0.22. Neither plate stage may cost more than two wells;
-    # their exact order can flip with a few wells, so it is not asserted.
+    # What holds for every honest run of the tiny model (63 test wells, 16 treatments): the model
+    # alone may sit at chance on the test experiments for some seeds, so beating chance is not
+    # asserted here, and the order of the stages can flip with a few wells; neither plate stage
+    # may cost more than two wells.
     two_wells = 2 / 63
     assert acc["groups"] >= acc["ensemble"] - two_wells
     assert acc["assign"] >= acc["ensemble"] - two_wells
