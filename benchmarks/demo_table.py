@@ -1,4 +1,6 @@
-"""The README's demo table: run `rcic demo` once and print its stage table and wall time.
+"""The README's demo table: run `rcic demo` once and print its stage table and wall time, then
+the image-statistics baselines on the same screen (benchmarks/synth_difficulty.py's, after the
+timing) that the single model is measured against.
 
 Usage: python benchmarks/demo_table.py [--out /tmp/rcic-demo] [--seed 0]
 """
@@ -32,6 +34,25 @@ def main() -> None:
     print(demo.format_demo_table(table))
     print(f"group choice right on {table['group_choice_right']:.0%} of test plates")
     print(json.dumps(table["rcic_cell_type"], indent=1))
+    from synth_difficulty import baseline_table, with_test_labels
+
+    from rcic import metadata
+    from rcic.samples import make_folds
+
+    data = args.out / "data"
+    sites = metadata.load_metadata(data)
+    fold_of = make_folds(metadata.wells_of(sites), 3, 0)
+    print("image-statistics baselines on the same screen (42 numbers per well):")
+    rows = baseline_table(
+        with_test_labels(sites, data),
+        args.out / "store",
+        sorted(e for e, f in fold_of.items() if f == 0),
+    )
+    best = max(rows.values())
+    single = table["rcic"]["single model"]
+    print(
+        f"best baseline {best:.3f}; rcic single model / best baseline = {single / max(best, 1e-9):.1f}x"
+    )
 
 
 if __name__ == "__main__":

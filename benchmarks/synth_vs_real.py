@@ -4,8 +4,11 @@ Usage: python benchmarks/synth_vs_real.py [--shared ../shared/rxrx1] [--docs doc
 
 For each real B02 site in ``shared/rxrx1/images`` (HEPG2, HUVEC, RPE, U2OS), renders negative-control
 sites of the same cell type with the generator (plate 1, well B02 of 8 experiments) and compares
-per channel: mean, std, 99th percentile, texture (mean absolute Laplacian of the 1-px smoothed
-image), and the number of nuclei (w1 blobs above a local background). Writes the table to stdout,
+per channel: mean, std, 99th percentile, foreground fraction (as rcic.baselines counts it),
+texture (mean absolute Laplacian of the 1-px smoothed image), and the number of nuclei (w1 blobs
+above a local background); then says which synthetic means (over the experiments) lie within 2x
+of the real figure (issue 23's target) and whether the real nucleus count lies in the synthetic
+range. Writes the table to stdout,
 a picture (real | synthetic composites) to docs/synth_vs_real.jpg and the statistics side by side
 to docs/synth_vs_real_stats.png.
 """
@@ -19,10 +22,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from rcic import cellsim, layout, synth
+from rcic import baselines, cellsim, layout, synth
 from rcic.images import composite
 
-STATS = ("mean", "std", "p99", "texture")
+STATS = ("mean", "std", "p99", "foreground", "texture")
 
 
 def site_stats(site: np.ndarray) -> dict[str, np.ndarray | float]:
@@ -34,6 +37,7 @@ def site_stats(site: np.ndarray) -> dict[str, np.ndarray | float]:
         "mean": flat.mean(1),
         "std": flat.std(1),
         "p99": np.percentile(flat, 99, axis=1),
+        "foreground": baselines.site_features(site[None])[0].reshape(6, -1)[:, 5],
         "texture": lap,
         "nuclei": count_nuclei(x[0]),
     }
@@ -93,25 +97,49 @@ def main() -> None:
         )
         for stat in STATS:
             sv = np.stack([x[stat] for x in s])
+            digits = 2 if stat == "foreground" else 1
             rows.append(
                 f"  {stat:8} real "
-                + " ".join(f"{v:6.1f}" for v in r[stat])
+                + " ".join(f"{v:6.{digits}f}" for v in r[stat])
                 + "   synthetic "
-                + " ".join(f"{v:6.1f}" for v in sv.mean(0))
+                + " ".join(f"{v:6.{digits}f}" for v in sv.mean(0))
                 + "   (synthetic range over experiments "
-                + " ".join(f"{a:.0f}-{b:.0f}" for a, b in zip(sv.min(0), sv.max(0), strict=True))
+                + " ".join(
+                    f"{a:.{digits - 1}f}-{b:.{digits - 1}f}"
+                    for a, b in zip(sv.min(0), sv.max(0), strict=True)
+                )
                 + ")"
             )
     print(
         "per channel w1..w6; real: one B02 site of <cell type>-01 plate 1; synthetic: B02 of plate 1 in 8 experiments"
     )
     print("\n".join(rows))
+    print(_within_2x(table))
     args.docs.mkdir(parents=True, exist_ok=True)
     picture = np.concatenate(tiles, axis=0)
     Image.fromarray(picture).resize(
         (picture.shape[1] // 2, picture.shape[0] // 2), Image.LANCZOS
     ).save(args.docs / "synth_vs_real.jpg", quality=85)
     _plot(table, args.docs / "synth_vs_real_stats.png")
+
+
+def _within_2x(table) -> str:
+    """Which synthetic figures (mean over experiments) lie within 2x of the real one."""
+    total, misses = 0, []
+    for ct, (r, s) in table.items():
+        for stat in STATS:
+            synth_mean = np.stack([x[stat] for x in s]).mean(0)
+            for c, (a, b) in enumerate(zip(r[stat], synth_mean, strict=True)):
+                total += 1
+                if not 0.5 <= b / max(a, 1e-9) <= 2.0:
+                    misses.append(f"{ct} w{c + 1} {stat} {b / max(a, 1e-9):.2f}x")
+        lo, hi = min(x["nuclei"] for x in s), max(x["nuclei"] for x in s)
+        if not lo <= r["nuclei"] <= hi:
+            misses.append(f"{ct} nuclei: real {r['nuclei']} outside {lo}-{hi}")
+    return (
+        f"within 2x of the real figure: {total - sum('nuclei' not in m for m in misses)} of {total}"
+        f" (channel x statistic x cell type); outside: {', '.join(misses) or 'none'}"
+    )
 
 
 def _plot(table, path: Path) -> None:

@@ -252,11 +252,22 @@ def test_aligned_cell_store_predicts_on_its_views(
     found = cs.index[cs.index["y"] >= 0]
     assert found["angle"].abs().max() <= 90 and found["angle"].abs().max() > 0
     assert found["mirrored"].any() and not found["mirrored"].all()
-    # every aligned crop has its nucleus flat: a turned crop's residual angle is small
-    for idx in found.sample(20, random_state=0)["idx"]:
-        dna = cs.read(idx)[0]
-        if np.clip(dna.astype(float) - np.median(dna), 0, None).sum() > 0:
-            assert abs(cells.nucleus_angle(dna, 16 / 3)) < 20
+
+    # aligned crops have their nucleus flat (a turned crop's residual angle is small), unlike
+    # plain ones; in a confluent field a neighbour's nucleus can tilt a few crops' estimate
+    def flat_share(st):
+        crops = [
+            st.read(i)[0] for i in st.index[st.index["y"] >= 0].sample(40, random_state=0)["idx"]
+        ]
+        return np.mean([abs(cells.nucleus_angle(d, 16 / 3)) < 20 for d in crops])
+
+    plain_cells = tmp_path / "plain"
+    assert (
+        cli.main(["cells", "--store", str(tiny_store), "--out", str(plain_cells), "--crop", "16"])
+        == 0
+    )
+    aligned_flat, plain_flat = flat_share(cs), flat_share(store.SiteStore(plain_cells))
+    assert aligned_flat >= 0.8 and plain_flat < 0.6, (aligned_flat, plain_flat)
     seen = []
     real_infer = predict.infer
 

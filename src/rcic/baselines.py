@@ -111,3 +111,138 @@ def tuned_baseline(
     scores = [baseline_accuracy(train[~held], train[held], kind, c) for c in grid]
     best = grid[int(np.argmax(scores))]
     return baseline_accuracy(train, test, kind, best), best
+
+
+def leak_audit(
+    strength: float,
+    n_pathways: int = 0,
+    *,
+    image_size: int = 64,
+    cell_radius: float = 15.0,
+    cell_types: tuple[str, ...] = layout.CELL_TYPES,
+    n_wells: int = 16,
+    n_sites: int = 2,
+    quantile: float = 0.95,
+    seed: int = 0,
+    dims: tuple[str, ...] | None = None,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """How far each phenotype dimension of the simulator moves the image statistics of a well.
+
+    For every dimension, wells of each cell type are rendered twice with the same nuisance and
+    the same random draws: once without a phenotype and once with only that dimension set to
+    plus or minus its `quantile` of |effect| over the screen's treatments (a strong siRNA; a
+    penetrance of 0.9). The shift of a statistic is its mean paired change in units of its
+    well-to-well standard deviation (over `n_wells` control wells of one plate, `n_sites` sites
+    each, per cell type). A change of arrangement also re-draws how cells overlap, so each well's
+    change is partly noise, and the largest of 42 x 2 x 4 noisy shifts would overstate any of
+    them: each shift comes with its standard error `se`, and a dimension is judged by `bound`,
+    shift - 2 se (no evidence that it moves the statistic further). Returns one row per
+    dimension: `amplitude`, and for the statistic with the largest bound: `shift`, `se`,
+    `bound`, the statistic and the cell type. `dims` audits only those dimensions; `workers`
+    processes share the cell types and dimensions.
+    """
+    from rcic import cellsim
+    from rcic.parallel import ordered_map
+
+    pheno = cellsim.sirna_phenotypes(strength, n_pathways, seed)
+    treat = np.abs(pheno.effect[:, : layout.N_TREATMENTS])
+    amplitude = np.array([np.quantile(t[t > 0], quantile) for t in np.moveaxis(treat, -1, 0)])
+    chosen = [cellsim.D[name] for name in (dims or cellsim.PHENOTYPE_DIMS)]
+    parts = [list(c) for c in np.array_split(chosen, min(workers, len(chosen)))]
+    jobs = [
+        (pheno, ct, n_wells, n_sites, image_size, cell_radius, seed, part, amplitude)
+        for ct in cell_types
+        for part in parts
+    ]
+    with ordered_map(_audit_cell_type, jobs, workers) as results:
+        done = list(results)  # per cell type, its parts of the dims in order
+    per_type = [done[i : i + len(parts)] for i in range(0, len(done), len(parts))]
+    shift = np.stack([np.concatenate([r[0] for r in rows]) for rows in per_type])
+    se = np.stack(
+        [np.concatenate([r[1] for r in rows]) for rows in per_type]
+    )  # (types, dims, stats)
+    bound = shift - 2 * se
+    names = [f"w{c}_{f}" for c in layout.CHANNELS for f in FEATURES]
+    rows = []
+    for k, d in enumerate(chosen):
+        ct, stat = np.unravel_index(int(np.argmax(bound[:, k])), bound[:, k].shape)
+        rows.append(
+            {
+                "dimension": cellsim.PHENOTYPE_DIMS[d],
+                "amplitude": float(amplitude[d]),
+                "shift": float(shift[ct, k, stat]),
+                "se": float(se[ct, k, stat]),
+                "bound": float(bound[ct, k, stat]),
+                "statistic": names[stat],
+                "cell_type": cell_types[ct],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _audit_cell_type(job) -> tuple[np.ndarray, np.ndarray]:
+    """(dims, statistics) shifts and their standard errors for one cell type, of the sign whose
+    shift - 2 se is larger."""
+    pheno, ct, n_wells, n_sites, image_size, cell_radius, seed, chosen, amplitude = job
+    wells = _AuditWells(pheno, ct, n_wells, n_sites, image_size, cell_radius, seed)
+    shifts, ses = [], []
+    for d in chosen:
+        (up, up_se), (down, down_se) = wells.shift(d, amplitude[d]), wells.shift(d, -amplitude[d])
+        pick = up - 2 * up_se >= down - 2 * down_se
+        shifts.append(np.where(pick, up, down))
+        ses.append(np.where(pick, up_se, down_se))
+    return np.stack(shifts), np.stack(ses)
+
+
+class _AuditWells:
+    """Control wells of one cell type on one plate, rendered with and without a phenotype."""
+
+    def __init__(self, pheno, ct, n_wells, n_sites, image_size, cell_radius, seed):
+        from dataclasses import replace
+
+        from rcic import cellsim
+
+        self.batch = cellsim.plate_batch(seed, f"{ct}-01", 1)
+        self.size, self.radius, self.seed, self.n_sites = image_size, cell_radius, seed, n_sites
+        neg = layout.NEGATIVE_ID
+        self.conds = [
+            replace(
+                cellsim.well_conditions(seed, f"{ct}-01", 1, w, neg, ct, pheno, self.batch),
+                penetrance=0.9,
+            )
+            for w in layout.WELLS[1 : 1 + 19 * n_wells : 19]
+        ]
+        self.base = np.stack([self._render(c, k) for k, c in enumerate(self.conds)])
+        self.sd = self.base.std(0, ddof=1) + 1e-9
+
+    def _render(self, cond, k: int) -> np.ndarray:
+        from rcic import cellsim
+
+        imgs = [
+            cellsim.render_site(
+                cellsim.seeded(self.seed, "audit", cond.cell_type, k, s),
+                self.size,
+                self.radius,
+                cond,
+                self.batch,
+            )
+            for s in range(self.n_sites)
+        ]
+        return site_features(np.stack(imgs)).mean(0)
+
+    def shift(self, dim: int, amount: float) -> tuple[np.ndarray, np.ndarray]:
+        """|mean paired change| / well-to-well sd of every statistic with `dim` set to `amount`,
+        and its standard error."""
+        from dataclasses import replace
+
+        from rcic import cellsim
+
+        effect = np.zeros(cellsim.N_DIMS, np.float32)
+        effect[dim] = amount
+        moved = np.stack(
+            [self._render(replace(c, effect=effect), k) for k, c in enumerate(self.conds)]
+        )
+        diff = moved - self.base
+        se = diff.std(0, ddof=1) / np.sqrt(len(diff)) / self.sd
+        return np.abs(diff.mean(0)) / self.sd, se

@@ -2,19 +2,25 @@
 
 The model follows the simulators in the literature (SimuCell, SIMCEP: subpopulations of cells with
 their own shapes and markers, then image formation) and is built so that a screen's labels live in
-*morphology*, not in a handful of image-wide numbers:
+*arrangement*, which image-wide numbers cannot read (generator v3):
 
-- An siRNA changes the shape, size, texture and position of structures (see ``MORPH_DIMS``):
-  nuclear size, elongation, position in the cell and chromatin granularity, cell spreading and
-  elongation, ER spread or perinuclear, mitochondria and Golgi gathered on one side or all around
-  the nucleus, actin fibres along the cell's long axis or across it, nucleoli central or
-  peripheral, clustering of cells, fractions of rounded, mitotic and dying cells. Most of an
-  siRNA's effect is in *arrangement*, which keeps a stain's pixel values and moves only where
-  they lie; effects on brightness, area and texture are damped (``DIM_WEIGHT``), and direct
-  intensity effects (``INTENSITY_DIMS``) are small beside the nuisance below.
+- Each cell has a frame: its long axis (lined up with a per-site axis as much as
+  ``cell_alignment`` says), its nucleus' long axis (turned from the cell's by
+  ``nucleus_orientation``), and a front at one end of the nucleus axis. An siRNA moves where
+  stains lie in that frame (see ``MORPH_DIMS``): the nucleus off centre, ER gathered behind the
+  nucleus, RNA and nucleoli toward the front, mitochondria on one side (along the nucleus axis or
+  across it), Golgi in front or behind, actin fibres along the cell or across it. A polarity dim
+  sets how consistently cells take that side; every cell gathers its stain equally either way,
+  so the histogram of a channel does not move.
+- Effects on brightness, size, texture, clustering and cell states are damped (``DAMPED``) until
+  the leak audit (``rcic.baselines.leak_audit``) finds no dimension moving any of the baselines'
+  42 statistics by more than half their well-to-well spread; direct intensity effects
+  (``INTENSITY_DIMS``) are tiny.
 - Per cell: only a fraction of a well's cells respond (penetrance by siRNA, jittered by well), each
   with its own strength, on top of natural cell-to-cell variation in every parameter.
-- Per cell type: a response of its own; about one siRNA in five is silent in some cell types.
+- Per cell type: size, shape, confluence and per-channel stain levels and backgrounds matched to
+  the real negative-control sites (``CELL_TYPES``, benchmarks/synth_vs_real.py), and a response of
+  its own; an siRNA is silent in a cell type with probability 0.1.
 - Strengths are right-skewed (log-normal): most siRNAs weak, a few strong; positive controls
   strong; the negative control has none.
 - Per well (nuisance): cell count, focus, per-channel intensity jitter.
@@ -40,18 +46,25 @@ from scipy.special import expit
 
 from rcic import layout
 
+GENERATOR = 3  # the simulator's version, written to a screen's synth.json
 MORPH_DIMS = (
     "nucleus_size",
     "nucleus_elongation",
+    "nucleus_orientation",
     "nucleus_eccentricity",
     "chromatin_granularity",
     "cell_size",
     "cell_elongation",
+    "cell_alignment",
     "er_spread",
+    "er_polarity",
     "mito_polarity",
+    "mito_position",
     "golgi_polarity",
-    "actin_alignment",
+    "golgi_side",
+    "rna_polarity",
     "nucleoli_position",
+    "actin_alignment",
     "clustering",
     "rounded",
     "mitotic",
@@ -60,29 +73,56 @@ MORPH_DIMS = (
 INTENSITY_DIMS = ("w1", "w2", "w3", "w4", "w5", "w6")
 PHENOTYPE_DIMS = MORPH_DIMS + INTENSITY_DIMS
 N_MORPH = len(MORPH_DIMS)
-# How strongly an siRNA may act on each morphology dim. Arrangement (elongation, eccentricity,
-# polarity, alignment, position) keeps a stain's pixel values and moves only where they lie; dims
-# that change brightness, covered area or texture (sizes, spread, granularity, cell states) are
-# damped, since image-wide statistics see them.
-DIM_WEIGHT = np.array([0.12, 1, 1, 0.15, 0.12, 1, 0.15, 1, 1, 1, 1, 0.4, 0.12, 0.12, 0.12])
+# How strongly an siRNA may act on each morphology dim. Arrangement (orientation, polarity, position,
+# alignment) keeps a stain's pixel values and moves only where they lie; dims that change
+# brightness, covered area or texture (sizes, spread, granularity, clustering, cell states) are
+# damped so that image-wide statistics cannot read them (the leak audit:
+# rcic.baselines.leak_audit, tests/test_difficulty.py).
+DAMPED = {
+    "nucleus_size": 0.012,
+    "chromatin_granularity": 0.02,
+    "cell_size": 0.006,
+    "er_spread": 0.01,
+    "clustering": 0.025,
+    "rounded": 0.008,
+    "mitotic": 0.012,
+    "dying": 0.05,
+}
+DIM_WEIGHT = np.array([DAMPED.get(name, 1.0) for name in MORPH_DIMS])
 N_DIMS = len(PHENOTYPE_DIMS)
 D = {name: i for i, name in enumerate(PHENOTYPE_DIMS)}
 
-# Cell-type morphology: radius scale, elongation, density (confluence) and brightness.
+
+@dataclass(frozen=True)
+class CellType:
+    """Morphology and imaging of one cell type, matched to the real B02 sites
+    (benchmarks/synth_vs_real.py): cell radius (x the preset's), elongation, confluence, and per
+    channel the stain level where a cell is brightest and the background."""
+
+    radius: float
+    elongation: float
+    density: float
+    level: tuple[float, ...]
+    background: tuple[float, ...]
+
+
 CELL_TYPES = {
-    "HEPG2": (0.8, 1.15, 1.45, 1.5),
-    "HUVEC": (1.0, 1.9, 1.0, 1.0),
-    "RPE": (1.1, 1.4, 0.9, 1.0),
-    "U2OS": (1.05, 1.5, 1.0, 0.9),
+    "HEPG2": CellType(0.52, 1.2, 1.3, (150, 11, 55, 55, 45, 55), (40, 20, 48, 38, 60, 26)),
+    "HUVEC": CellType(1.0, 1.9, 1.0, (13, 15, 6, 19, 1.8, 14), (0.3, 5, 3, 5, 0.2, 6)),
+    "RPE": CellType(1.05, 1.4, 1.15, (21, 9, 24, 19, 5, 22), (2, 5, 13, 4, 2, 10)),
+    "U2OS": CellType(0.98, 1.4, 1.0, (28, 10, 10, 16, 1.5, 15), (1.5, 4, 5, 4, 0.4, 7)),
 }
-# Mean stain intensity (0..255, before gains) of each channel where it is brightest in a cell.
-BASE_LEVEL = np.array([60.0, 32.0, 30.0, 26.0, 26.0, 30.0], np.float32)
-BACKGROUND = np.array([1.5, 3.0, 3.0, 2.5, 1.5, 3.0], np.float32)
-INTENSITY_EFFECT = 0.03  # log-intensity change per unit of an intensity dimension: small
-NUCLEUS = 0.38  # nucleus radius / cell radius of a typical cell
+INTENSITY_EFFECT = 0.004  # log-intensity change per unit of an intensity dimension: tiny
+NUCLEUS = 0.55  # nucleus radius / cell radius of a typical cell
+BODY = 1.25  # a cell's body reaches past half the spacing of cells: a confluent layer
 PATHWAY_SHARE = 0.35  # share of a treatment's phenotype common to its pathway
 MAX_RADIUS, MAX_ELONGATION = 1.8, 4.0  # bounds on a cell's radius (x the type's) and elongation
 MAX_HALF = MAX_RADIUS * np.sqrt(MAX_ELONGATION) * 1.25  # largest drawing window, in cell radii
+
+
+def cell_type(name: str) -> CellType:
+    """The cell type's morphology; any other name gets HUVEC's."""
+    return CELL_TYPES.get(name, CELL_TYPES["HUVEC"])
 
 
 def seeded(seed: int, *keys) -> np.random.Generator:
@@ -116,15 +156,17 @@ class Phenotypes:
 
 def _cell_type_index(cell_type: str) -> int:
     names = list(CELL_TYPES)
-    return names.index(cell_type) if cell_type in names else 0
+    return names.index(cell_type) if cell_type in names else names.index("HUVEC")
 
 
 def _sparse_directions(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Unit vectors over the morphology dims, each with 2 to 4 non-zero entries."""
+    """Unit vectors over the morphology dims, each with 3 to 5 non-zero entries (a damped dim is
+    drawn a fifth as often as an arrangement dim)."""
     out = np.zeros((n, N_DIMS))
+    odds = np.where(DIM_WEIGHT < 1, 0.2, 1.0)
     for i in range(n):
-        k = int(rng.integers(2, 5))
-        dims = rng.choice(N_MORPH, size=k, replace=False)
+        k = int(rng.integers(3, 6))
+        dims = rng.choice(N_MORPH, size=k, replace=False, p=odds / odds.sum())
         out[i, dims] = rng.normal(0, 1, k)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     out[:, :N_MORPH] *= DIM_WEIGHT
@@ -136,10 +178,10 @@ def _sparse_directions(rng: np.random.Generator, n: int) -> np.ndarray:
 def sirna_phenotypes(strength: float, n_pathways: int, seed: int) -> Phenotypes:
     """Phenotypes of every class id.
 
-    A treatment's direction is sparse (2-4 morphology dims); siRNAs of one pathway share ``PATHWAY_SHARE`` of it.
+    A treatment's direction is sparse (3-5 morphology dims, mostly arrangement); siRNAs of one pathway share ``PATHWAY_SHARE`` of it.
     Its strength is ``strength`` times a log-normal factor (sd 0.6): most siRNAs weak, few strong.
-    Each cell type sees 75% of the shared response plus 25% of its own; a treatment is silent in a
-    cell type with probability 0.2 (never in all of them). Positive controls: three times the
+    Each cell type's response is 85% shared and 15% its own (in variance); a treatment is silent
+    in a cell type with probability 0.1 (never in all of them). Positive controls: three times the
     median strength, all cell types, penetrance 0.9. The negative control: nothing.
     """
     rng = seeded(seed, "phenotypes")
@@ -206,7 +248,7 @@ def plate_batch(seed: int, experiment: str, plate: int) -> Batch:
     return Batch(
         gain=gain,
         gamma=np.exp(e.normal(0, 0.12, 6)),
-        offset=e.uniform(0.5, 4, 6),
+        offset=e.uniform(0.2, 2, 6),
         pheno_scale=float(np.exp(e.normal(0, 0.15))),
         pheno_shift=shift,
         density=float(np.exp(e.normal(0, 0.15))),
@@ -298,40 +340,47 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 
 def _positions(rng, n: int, size: int, radius: float, clustered: float) -> np.ndarray:
-    """Cell centres: uniform, or (a fraction `clustered`) packed around a few colony centres."""
-    pos = rng.uniform(0, size, (n, 2))
-    in_cluster = rng.random(n) < clustered
-    k = in_cluster.sum()
-    if k:
-        centres = rng.uniform(0.15 * size, 0.85 * size, (max(1, k // 6), 2))
-        which = rng.integers(len(centres), size=k)
-        spread = radius * (1.0 + 0.4 * np.sqrt(np.bincount(which, minlength=len(centres))[which]))
-        pos[in_cluster] = np.clip(
-            centres[which] + rng.normal(0, 1, (k, 2)) * spread[:, None], 0, size - 1
-        )
-    return pos
+    """Cell centres that do not pile up (a hard core of about one cell radius, as in a confluent
+    monolayer), a fraction `clustered` of the candidates drawn around a few colony centres. The
+    random draws do not depend on `clustered`, so a slight change moves only a few cells."""
+    m = 4 * n + 8
+    cand = rng.uniform(0, size, (m, 2))
+    centres = rng.uniform(0.15 * size, 0.85 * size, (max(1, n // 6), 2))
+    near = centres[rng.integers(len(centres), size=m)] + rng.normal(0, 1.5 * radius, (m, 2))
+    in_cluster = rng.random(m) < clustered
+    cand[in_cluster] = np.clip(near[in_cluster], 0, size - 1)
+    gap = (1.15 - 0.3 * clustered) * radius
+    out = np.empty((n, 2))
+    k = 0
+    for c in cand:
+        if k == n:
+            break
+        if k == 0 or np.min(np.sum((out[:k] - c) ** 2, axis=1)) >= gap * gap:
+            out[k] = c
+            k += 1
+    return out[:k]
 
 
 def render_site(
     rng: np.random.Generator, size: int, radius: float, well: Well, batch: Batch
 ) -> np.ndarray:
     """Render one site as uint8 (6, size, size)."""
-    r_scale, elong, density, bright = CELL_TYPES.get(well.cell_type, (1.0, 1.4, 1.0, 1.0))
-    r_cell = radius * r_scale
-    n = max(1, int(rng.poisson(1.4 * density * well.density * size**2 / (np.pi * r_cell**2))))
+    ct = cell_type(well.cell_type)
+    r_cell = radius * ct.radius
+    n = max(1, int(rng.poisson(ct.density * well.density * size**2 / (np.pi * r_cell**2))))
+    mean_p = well.shift + well.effect * well.penetrance
+    pos = _positions(rng, n, size, r_cell, float(_sig(-2.0 + 1.5 * mean_p[D["clustering"]])))
+    n = len(pos)
     respond = rng.random(n) < well.penetrance
     strength = rng.gamma(4.0, 0.25, n) * respond
-    mean_p = well.shift + well.effect * (well.penetrance * 1.0)
-    pos = _positions(rng, n, size, r_cell, float(_sig(-1.5 + 1.5 * mean_p[D["clustering"]])))
+    axis = rng.uniform(0, np.pi)  # the direction cells of this site line up along, if they do
     canvas = _Canvas(rng, size, r_cell)
     for i in rng.permutation(n):  # random z-order
         p = well.shift + strength[i] * well.effect
-        _draw_cell(canvas, rng, pos[i], r_cell, elong, p)
-    img = (
-        canvas.crop()
-        * (BASE_LEVEL * bright * np.exp(INTENSITY_EFFECT * mean_p[N_MORPH:]))[:, None, None]
-    )
-    return _form_image(img, rng, radius, well, batch)
+        _draw_cell(canvas, rng, pos[i], r_cell, ct.elongation, p, axis)
+    level = np.asarray(ct.level, np.float32) * np.exp(INTENSITY_EFFECT * mean_p[N_MORPH:])
+    img = canvas.crop() * level.astype(np.float32)[:, None, None]
+    return _form_image(img, rng, radius, well, batch, np.asarray(ct.background, np.float32))
 
 
 def _state(rng, p) -> str:
@@ -346,10 +395,12 @@ def _state(rng, p) -> str:
 
 def _cell_sizes(rng, p, state: str, r_cell: float, elong: float):
     """(cell radius, cell elongation, nucleus radius, nucleus elongation, gain) of one cell."""
-    r_c = r_cell * np.exp(0.25 * p[D["cell_size"]] + rng.normal(0, 0.12))
-    e_c = max(1.0, elong * np.exp(0.4 * p[D["cell_elongation"]] + rng.normal(0, 0.2)))
+    r_c = BODY * r_cell * np.exp(0.25 * p[D["cell_size"]] + rng.normal(0, 0.12))
+    e_c = max(1.0, elong * np.exp(0.2 * np.tanh(p[D["cell_elongation"]] / 3) + rng.normal(0, 0.2)))
     r_n = NUCLEUS * r_cell * np.exp(0.3 * p[D["nucleus_size"]] + rng.normal(0, 0.1))
-    e_n = max(1.0, 1.15 * np.exp(0.45 * p[D["nucleus_elongation"]] + rng.normal(0, 0.12)))
+    e_n = max(
+        1.0, 1.35 * np.exp(0.15 * np.tanh(p[D["nucleus_elongation"]] / 3) + rng.normal(0, 0.12))
+    )
     gain = 1.0
     if state != "normal":
         r_c, e_c, gain = r_c * {"rounded": 0.62, "mitotic": 0.55, "dying": 0.45}[state], 1.0, 1.6
@@ -363,12 +414,83 @@ def _cell_sizes(rng, p, state: str, r_cell: float, elong: float):
     return r_c, e_c, r_n, e_n, gain
 
 
-def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p) -> None:
+def _gather(rng, value, plus, minus):
+    """Where a cell gathers a stain: anywhere for `value` near 0 (no phenotype), toward `plus`
+    for a clearly positive value and toward `minus` for a clearly negative one. The stain gathers
+    just as much either way; only where it gathers changes, so its histogram does not."""
+    c = _sig(2.5 * abs(value) - 2.5 + rng.normal(0, 0.3))
+    return (plus if value >= 0 else minus) + (1 - c) * rng.uniform(-np.pi, np.pi)
+
+
+def _toward(ang, direction, kappa):
+    """A crescent: a stain gathered around `direction` (von Mises profile, sharpness `kappa`)."""
+    return np.exp(kappa * (np.cos(ang - direction) - 1))
+
+
+@dataclass
+class _Frame:
+    """A cell's masks and coordinates in its own frame (see `_draw_cell`)."""
+
+    cell: np.ndarray  # the cell body, 0..1
+    rho_c: np.ndarray  # radius in units of the cell's outline
+    nucleus: np.ndarray  # the nucleus, 0..1
+    cyto: np.ndarray  # the cytoplasm, 0..1
+    around: np.ndarray  # room around the nucleus that organelles may take
+    nu: np.ndarray  # coordinates along and across the nucleus' long axis
+    nv: np.ndarray
+    t: np.ndarray  # distance from the nucleus, in cell radii
+    ang: np.ndarray  # angle around the nucleus, 0 along its long axis
+    front: float  # 0 or pi: the end of the nucleus axis where the cytoplasm is wider
+    an: float  # the nucleus' half axes
+    bn: float
+
+
+def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p, axis) -> None:
+    """One cell, its arrangement in its own frame: the cell's long axis (lined up with the site's
+    `axis` as much as `cell_alignment` says), the nucleus' long axis turned from it by
+    `nucleus_orientation`, and a front along the nucleus axis that the organelles take sides by."""
     state = _state(rng, p)
     r_c, e_c, r_n, e_n, gain = _cell_sizes(rng, p, state, r_cell, elong)
-    theta = rng.uniform(0, np.pi)
+    aligned = _sig(2.5 * p[D["cell_alignment"]] - 1.0 + rng.normal(0, 0.3))
+    theta = axis + (1 - aligned) * rng.uniform(-np.pi / 2, np.pi / 2) + rng.normal(0, 0.1)
     half = int(np.ceil(r_c * np.sqrt(e_c) * 1.25)) + 2
     sl, dy, dx = canvas.window(pos[0], pos[1], half)
+    f = _frame(rng, p, dx, dy, theta, r_c, e_c, r_n, e_n)
+    tex = [canvas.tex[k][sl] for k in range(3)]
+    planes = np.empty((6,) + f.cell.shape, np.float32)
+    planes[0] = (
+        _nucleus_plane(rng, p, state, f.nucleus, tex, f.nu, f.nv, r_n)
+        * (NUCLEUS * r_cell / r_n) ** 1.2
+    )
+    back = f.front + np.pi
+    er_at = _gather(rng, p[D["er_polarity"]], back, f.front)
+    planes[1] = _spread(
+        f.cyto,
+        f.t,
+        0.4 * np.exp(0.6 * p[D["er_spread"]]),
+        (0.8 + 0.25 * np.clip(tex[1], -1, 2)) * _toward(f.ang, er_at, 0.6),
+        f.around,
+    )
+    planes[2] = _actin(rng, p, f.cell, f.cyto, f.rho_c, tex, dx, dy, theta, r_cell)
+    rna_at = _gather(rng, p[D["rna_polarity"]], f.front, back)
+    rna = _spread(f.cyto, f.t, 1.0, _toward(f.ang, rna_at, 0.7), f.around)
+    planes[3] = _nucleoli(rng, p, state, f.nucleus, rna, f.nu, f.nv, f.an, f.bn, r_n, f.front)
+    across = np.pi / 2 * _sig(2 * p[D["mito_position"]] - 1.5 + rng.normal(0, 0.3))
+    turn = across * rng.choice((-1, 1))
+    mito_at = _gather(rng, p[D["mito_polarity"]], back + turn, f.front + turn)
+    mito = (0.5 + 1.0 * np.maximum(tex[0], 0)) * _toward(f.ang, mito_at, 1.5)
+    planes[4] = _spread(f.cyto, f.t, 0.35, mito, f.around)
+    golgi_at = _gather(rng, p[D["golgi_side"]], back, f.front)
+    planes[5] = _golgi(rng, p, f.cell, f.around + f.nucleus, f.rho_c, f.nu, f.nv, r_n, golgi_at)
+    if state == "dying":
+        planes[[1, 4]] *= 0.5
+    win = canvas.img[(slice(None),) + sl]
+    np.maximum(win, planes * gain, out=win)
+
+
+def _frame(rng, p, dx, dy, theta, r_c, e_c, r_n, e_n) -> _Frame:
+    """The cell's outline (turned by `theta`, a little wobbly), its nucleus pushed back from the
+    front along the long axis and turned from it, and the coordinates around the nucleus."""
     ct, st = np.cos(theta), np.sin(theta)
     u, v = dx * ct + dy * st, -dx * st + dy * ct
     a, b = r_c * np.sqrt(e_c), r_c / np.sqrt(e_c)
@@ -380,34 +502,31 @@ def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p) -> None:
     )
     rho_c = np.sqrt((u / a) ** 2 + (v / b) ** 2) / wob
     cell = _sig((1 - rho_c) * 9)
-    # nucleus: off centre along the long axis, its own orientation
-    ecc = 0.35 * _sig(1.5 * p[D["nucleus_eccentricity"]] - 1.0 + rng.normal(0, 0.3))
-    nu, nv = u - ecc * a * rng.choice((-1, 1)), v
-    tn = rng.normal(0, 0.3)
+    ecc = 0.1 * _sig(1.5 * p[D["nucleus_eccentricity"]] + 0.5 + rng.normal(0, 0.3))
+    ahead = rng.choice((-1, 1))
+    nu, nv = u + ahead * ecc * a, v
+    turn = np.pi / 3 * _sig(2 * p[D["nucleus_orientation"]] - 1.5 + rng.normal(0, 0.3))
+    tn = turn * rng.choice((-1, 1))
     nu, nv = nu * np.cos(tn) + nv * np.sin(tn), -nu * np.sin(tn) + nv * np.cos(tn)
     an, bn = r_n * np.sqrt(e_n), r_n / np.sqrt(e_n)
     rho_n = np.sqrt((nu / an) ** 2 + (nv / bn) ** 2)
     nucleus = _sig((1 - rho_n) * 10)
-    cyto = cell * (1 - nucleus)
-    t = np.maximum(rho_n - 1, 0) * r_n / r_c  # distance from the nucleus, in cell radii
-    tex = [canvas.tex[k][sl] for k in range(3)]
-    planes = np.empty((6,) + cell.shape, np.float32)
-    planes[0] = (
-        _nucleus_plane(rng, p, state, nucleus, tex, nu, nv, r_n) * (NUCLEUS * r_cell / r_n) ** 1.2
+    # organelles gather around the nucleus without being cut by the cell's edge, so that the
+    # side they take does not change how much of them shows
+    return _Frame(
+        cell=cell,
+        rho_c=rho_c,
+        nucleus=nucleus,
+        cyto=cell * (1 - nucleus),
+        around=_sig((1.3 - rho_c) * 9) * (1 - nucleus),
+        nu=nu,
+        nv=nv,
+        t=np.maximum(rho_n - 1, 0) * r_n / r_c,
+        ang=np.arctan2(nv, nu),
+        front=0.0 if ahead > 0 else np.pi,
+        an=an,
+        bn=bn,
     )
-    planes[1] = _spread(
-        cyto, t, 0.35 * np.exp(0.6 * p[D["er_spread"]]), 0.75 + 0.35 * np.clip(tex[1], -1, 2)
-    )
-    planes[2] = _actin(rng, p, cell, cyto, rho_c, tex, dx, dy, theta, r_cell)
-    planes[3] = _nucleoli(rng, p, state, nucleus, cyto, nu, nv, an, bn, r_n)
-    pol = 0.9 * _sig(2 * p[D["mito_polarity"]] - 1 + rng.normal(0, 0.3))
-    side = 1 + pol * np.cos(np.arctan2(nv, nu) - rng.uniform(0, 2 * np.pi))
-    planes[4] = _spread(cyto, t, 0.3, 2.2 * np.maximum(tex[0] - 0.2, 0) * side)
-    planes[5] = _golgi(rng, p, cell, rho_c, nu, nv, r_n)
-    if state == "dying":
-        planes[[1, 4]] *= 0.5
-    win = canvas.img[(slice(None),) + sl]
-    np.maximum(win, planes * gain, out=win)
 
 
 def _nucleus_plane(rng, p, state, nucleus, tex, nu, nv, r_n):
@@ -422,9 +541,10 @@ def _nucleus_plane(rng, p, state, nucleus, tex, nu, nv, r_n):
     return nucleus * level * (0.8 + 0.3 * np.clip(grain, -2, 2))
 
 
-def _spread(cyto, t, scale, texture):
-    """A stain spread from the nucleus with length `scale` (in cell radii); its total is fixed."""
-    prof = cyto * np.exp(-t / scale) * texture
+def _spread(cyto, t, scale, texture, region=None):
+    """A stain spread from the nucleus with length `scale` (in cell radii) over `region` (default
+    the cytoplasm); its total is the cytoplasm's, whichever way it is arranged."""
+    prof = (cyto if region is None else region) * np.exp(-t / scale) * texture
     return prof * (cyto.sum() / (prof.sum() + 1e-6))
 
 
@@ -433,49 +553,48 @@ def _actin(rng, p, cell, cyto, rho_c, tex, dx, dy, theta, r_cell):
     tf = theta + np.pi / 2 * _sig(2.5 * p[D["actin_alignment"]] - 1 + rng.normal(0, 0.3))
     w = -dx * np.sin(tf) + dy * np.cos(tf)
     period = max(2.5, r_cell / 3.2)
-    fib = (0.5 + 0.5 * np.cos(2 * np.pi * w / period + rng.uniform(0, 6.3))) ** 6 * cell
+    fib = (0.5 + 0.5 * np.cos(2 * np.pi * w / period + rng.uniform(0, 6.3))) ** 4 * cell
     fib = fib * (0.7 + 0.3 * np.clip(tex[0], -2, 2))
     alpha = _sig(rng.normal(0.3, 0.5))
     total = cell.sum()
     out = (1 - alpha) * ring * (total / (ring.sum() + 1e-6)) + alpha * fib * (
         total / (fib.sum() + 1e-6)
     )
-    return 0.3 * out + 0.3 * cyto
+    return 0.3 * out + 0.15 * cyto
 
 
-def _nucleoli(rng, p, state, nucleus, cyto, nu, nv, an, bn, r_n):
+def _nucleoli(rng, p, state, nucleus, cyto, nu, nv, an, bn, r_n, front):
     rna = 0.3 * cyto + 0.15 * nucleus
     if state in ("mitotic", "dying"):
         return rna
     k = 1 + int(rng.poisson(2.5))
     sigma = 0.13 * r_n
     spots = np.zeros_like(nucleus)
-    where = 0.1 + 0.45 * _sig(2 * p[D["nucleoli_position"]] + rng.normal(0, 0.3))
-    ang, rad = rng.uniform(0, 2 * np.pi, k), where * rng.uniform(0.7, 1.0, k)
+    toward = _gather(rng, p[D["nucleoli_position"]], front, front + np.pi)
+    ang, rad = toward + rng.normal(0, 0.6, k), 0.35 * rng.uniform(0.7, 1.0, k)
     for da, dr in zip(ang, rad, strict=True):
         spots += np.exp(
             -((nu - dr * an * np.cos(da)) ** 2 + (nv - dr * bn * np.sin(da)) ** 2) / (2 * sigma**2)
         )
     area = 2 * np.pi * sigma**2 * k
-    return rna + np.minimum(spots, 1.5) * nucleus * min(2.0, 0.9 * np.pi * r_n**2 / area * 0.35)
+    return rna + np.minimum(spots, 1.5) * nucleus * min(1.0, 0.45 * np.pi * r_n**2 / area * 0.35)
 
 
-def _golgi(rng, p, cell, rho_c, nu, nv, r_n):
-    gd = _sig(2 * p[D["golgi_polarity"]] - 1 + rng.normal(0, 0.3))
+def _golgi(rng, p, cell, reach, rho_c, nu, nv, r_n, centre):
+    """Golgi: a few blobs on one side of the nucleus (`centre`), close to it or further out."""
     k = 4
-    centre = rng.uniform(0, 2 * np.pi)
-    spread = 0.5 + 2.3 * gd  # radians: gathered on one side of the nucleus, or all around it
-    ang = centre + spread * (np.linspace(-0.5, 0.5, k) + rng.normal(0, 0.08, k))
-    dist = r_n * (1.2 + rng.uniform(0, 0.4, k))
+    ang = centre + 1.2 * (np.linspace(-0.5, 0.5, k) + rng.normal(0, 0.08, k))
+    out = 0.2 * _sig(2 * p[D["golgi_polarity"]] + rng.normal(0, 0.3))
+    dist = r_n * (1.05 + out + rng.uniform(0, 0.3, k))
     sigma = 0.25 * r_n
     blobs = np.zeros_like(cell)
     for a, d in zip(ang, dist, strict=True):
         blobs += np.exp(-((nu - d * np.cos(a)) ** 2 + (nv - d * np.sin(a)) ** 2) / (2 * sigma**2))
-    membrane = 0.15 * cell + 0.25 * np.exp(-(((rho_c - 0.95) / 0.07) ** 2)) * cell
-    return membrane + 1.2 * np.minimum(blobs, 1.2) * cell
+    membrane = 0.45 * cell + 0.25 * np.exp(-(((rho_c - 0.95) / 0.07) ** 2)) * cell
+    return membrane + 0.6 * np.minimum(blobs, 1.2) * reach
 
 
-def _form_image(img, rng, radius, well: Well, batch: Batch) -> np.ndarray:
+def _form_image(img, rng, radius, well: Well, batch: Batch, background: np.ndarray) -> np.ndarray:
     """Image formation: illumination, focus, gain, non-linear response, background and noise."""
     size = img.shape[-1]
     ax = np.linspace(-1, 1, size, dtype=np.float32)
@@ -483,7 +602,7 @@ def _form_image(img, rng, radius, well: Well, batch: Batch) -> np.ndarray:
     field = np.ones_like(xx)
     for amp, fx, fy, ph in batch.field:
         field += amp * np.cos(np.pi * (fx * xx + fy * yy) + ph)
-    out = img * field[None] * well.jitter[:, None, None] + BACKGROUND[:, None, None]
+    out = img * field[None] * well.jitter[:, None, None] + background[:, None, None]
     sigma = well.focus * radius / 15
     if sigma > 0.3:
         out = ndimage.gaussian_filter(out, (0, sigma, sigma))
@@ -492,5 +611,5 @@ def _form_image(img, rng, radius, well: Well, batch: Batch) -> np.ndarray:
         255.0 * (np.maximum(out, 0) / 255.0) ** batch.gamma[:, None, None]
         + batch.offset[:, None, None]
     )
-    out += rng.normal(0, 1, out.shape).astype(np.float32) * np.sqrt(0.3 * out + 1.0)
+    out += rng.normal(0, 1, out.shape).astype(np.float32) * np.sqrt(0.15 * out + 0.3)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -92,7 +92,7 @@ PRESETS = {
         n_positive=5,
         train_experiments=(3, 3, 3, 3),
         image_size=64,
-        cell_radius=15.0,
+        cell_radius=11.0,
         missing_wells=6,
         strength=7.0,
         n_pathways=16,
@@ -289,6 +289,7 @@ def generate(
     truth.update(
         preset=asdict(spec),
         seed=seed,
+        generator=cellsim.GENERATOR,
         pathway={str(i): int(p) for i, p in enumerate(pathway) if p >= 0},
     )
     atomic_text(out / "synth.json", json.dumps(truth, indent=1))
