@@ -34,20 +34,15 @@ def main() -> None:
     print(demo.format_demo_table(table))
     print(f"group choice right on {table['group_choice_right']:.0%} of test plates")
     print(json.dumps(table["rcic_cell_type"], indent=1))
-    from synth_difficulty import baseline_table, with_test_labels
+    from synth_difficulty import baseline_table, fold0_experiments, with_test_labels
 
     from rcic import metadata
-    from rcic.samples import make_folds
 
     data = args.out / "data"
     sites = metadata.load_metadata(data)
-    fold_of = make_folds(metadata.wells_of(sites), 3, 0)
     print("image-statistics baselines on the same screen (42 numbers per well):")
-    rows = baseline_table(
-        with_test_labels(sites, data),
-        args.out / "store",
-        sorted(e for e, f in fold_of.items() if f == 0),
-    )
+    labelled = with_test_labels(sites, data)
+    rows = baseline_table(labelled, args.out / "store", fold0_experiments(sites))
     best = max(rows.values())
     single = table["rcic"]["single model"]
     print(

@@ -62,6 +62,14 @@ def with_test_labels(sites: pd.DataFrame, data: Path) -> pd.DataFrame:
     return out
 
 
+def fold0_experiments(sites: pd.DataFrame) -> list[str]:
+    """The training experiments of fold 0 (of 3), where the logistic regression is tuned."""
+    from rcic.samples import make_folds
+
+    fold_of = make_folds(metadata.wells_of(sites), 3, 0)
+    return sorted(e for e, f in fold_of.items() if f == 0)
+
+
 def baseline_table(sites: pd.DataFrame, st: Path, val_exps: list[str]) -> dict[str, float]:
     wells = baselines.well_features(store.SiteStore(st), sites)
     rows = {}
@@ -161,10 +169,7 @@ def main() -> None:
     result = {"preset": args.preset, "seed": args.seed}
     if not args.no_audit:
         result["leak_audit_max"] = print_audit(args.preset, args.seed)
-    from rcic.samples import make_folds
-
-    fold_of = make_folds(metadata.wells_of(sites), 3, 0)
-    val_exps = sorted(e for e, f in fold_of.items() if f == 0)
+    val_exps = fold0_experiments(sites)
     labelled = with_test_labels(sites, data)
     n_sirna = labelled.loc[labelled["well_type"] == "treatment", "sirna"].nunique()
     print(

@@ -37,7 +37,9 @@ def site_stats(site: np.ndarray) -> dict[str, np.ndarray | float]:
         "mean": flat.mean(1),
         "std": flat.std(1),
         "p99": np.percentile(flat, 99, axis=1),
-        "foreground": baselines.site_features(site[None])[0].reshape(6, -1)[:, 5],
+        "foreground": baselines.site_features(site[None])[0].reshape(6, -1)[
+            :, baselines.FEATURES.index("foreground")
+        ],
         "texture": lap,
         "nuclei": count_nuclei(x[0]),
     }

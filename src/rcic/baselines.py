@@ -9,6 +9,8 @@ standardised over each plate's treatment wells, fed to a logistic regression or 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
@@ -17,6 +19,8 @@ from rcic.errors import InputError
 from rcic.store import SiteStore
 
 FEATURES = ("mean", "std", "p50", "p90", "p99", "foreground", "texture")
+# the 42 statistics of a well, channel-major as `site_features` returns them
+FEATURE_NAMES = tuple(f"w{c}_{f}" for c in layout.CHANNELS for f in FEATURES)
 
 
 def site_features(images: np.ndarray) -> np.ndarray:
@@ -53,15 +57,14 @@ def well_features(store: SiteStore, sites: pd.DataFrame, batch: int = 512) -> pd
             for i in range(0, len(index), batch)
         ]
     )
-    names = [f"w{c}_{f}" for c in layout.CHANNELS for f in FEATURES]
+    names = list(FEATURE_NAMES)
     frame = pd.concat([index.reset_index(drop=True), pd.DataFrame(feats, columns=names)], axis=1)
     keys = ["id_code", "experiment", "plate", "well", "cell_type", "split", "sirna", "well_type"]
     return frame.groupby(keys, as_index=False)[names].mean()
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
-    names = {f"w{c}_{f}" for c in layout.CHANNELS for f in FEATURES}
-    return [c for c in frame.columns if c in names]
+    return [c for c in frame.columns if c in FEATURE_NAMES]
 
 
 def standardise_per_plate(frame: pd.DataFrame) -> pd.DataFrame:
@@ -155,7 +158,7 @@ def leak_audit(
         for ct in cell_types
         for part in parts
     ]
-    with ordered_map(_audit_cell_type, jobs, workers) as results:
+    with ordered_map(_audit_part, jobs, workers) as results:
         done = list(results)  # per cell type, its parts of the dims in order
     per_type = [done[i : i + len(parts)] for i in range(0, len(done), len(parts))]
     shift = np.stack([np.concatenate([r[0] for r in rows]) for rows in per_type])
@@ -163,7 +166,6 @@ def leak_audit(
         [np.concatenate([r[1] for r in rows]) for rows in per_type]
     )  # (types, dims, stats)
     bound = shift - 2 * se
-    names = [f"w{c}_{f}" for c in layout.CHANNELS for f in FEATURES]
     rows = []
     for k, d in enumerate(chosen):
         ct, stat = np.unravel_index(int(np.argmax(bound[:, k])), bound[:, k].shape)
@@ -174,16 +176,16 @@ def leak_audit(
                 "shift": float(shift[ct, k, stat]),
                 "se": float(se[ct, k, stat]),
                 "bound": float(bound[ct, k, stat]),
-                "statistic": names[stat],
+                "statistic": FEATURE_NAMES[stat],
                 "cell_type": cell_types[ct],
             }
         )
     return pd.DataFrame(rows)
 
 
-def _audit_cell_type(job) -> tuple[np.ndarray, np.ndarray]:
-    """(dims, statistics) shifts and their standard errors for one cell type, of the sign whose
-    shift - 2 se is larger."""
+def _audit_part(job) -> tuple[np.ndarray, np.ndarray]:
+    """(dims, statistics) shifts and their standard errors for one cell type and some of the
+    dims, of the sign whose shift - 2 se is larger."""
     pheno, ct, n_wells, n_sites, image_size, cell_radius, seed, chosen, amplitude = job
     wells = _AuditWells(pheno, ct, n_wells, n_sites, image_size, cell_radius, seed)
     shifts, ses = [], []
@@ -199,8 +201,6 @@ class _AuditWells:
     """Control wells of one cell type on one plate, rendered with and without a phenotype."""
 
     def __init__(self, pheno, ct, n_wells, n_sites, image_size, cell_radius, seed):
-        from dataclasses import replace
-
         from rcic import cellsim
 
         self.batch = cellsim.plate_batch(seed, f"{ct}-01", 1)
@@ -234,8 +234,6 @@ class _AuditWells:
     def shift(self, dim: int, amount: float) -> tuple[np.ndarray, np.ndarray]:
         """|mean paired change| / well-to-well sd of every statistic with `dim` set to `amount`,
         and its standard error."""
-        from dataclasses import replace
-
         from rcic import cellsim
 
         effect = np.zeros(cellsim.N_DIMS, np.float32)
