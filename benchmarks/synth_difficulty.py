@@ -110,7 +110,8 @@ def cnn_rows(work: Path, data: Path, sites: pd.DataFrame, st: Path, seed: int, e
     if not (cell_dir / "store.json").exists():
         finder = cells.CellFinder(crop=CELL_CROP, align=ALIGN)
         cells.pack_cells(st, cell_dir, finder, progress=False)
-    base = [f"seed={seed}", "fold=0"]
+    # fp32 (deterministic) as recorded: the same bits on a rerun on this machine
+    base = [f"seed={seed}", "fold=0", "deterministic=true"]
     cell_cfg = config.load_config(CONFIGS / "cells.yaml", [*base, *extra])
     cst, sst = store.SiteStore(cell_dir), store.SiteStore(st)
     steps = cell_cfg.epochs * (n_samples(cell_cfg, sites, cst) // cell_cfg.batch_size)

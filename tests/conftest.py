@@ -37,8 +37,8 @@ def tiny_store(tiny_screen, tiny_sites, tmp_path_factory) -> Path:
     return out
 
 
-# A model trained for 8 epochs on the tiny screen, fold 0 held out; shared by the pipeline and
-# embedding tests.
+# A model trained for 3 epochs on the tiny screen, fold 0 held out; shared by the pipeline,
+# embedding and bad-input tests, none of which needs it to beat chance.
 @pytest.fixture(scope="session")
 def trained(tiny_screen, tiny_store, tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "run"
@@ -50,7 +50,7 @@ def trained(tiny_screen, tiny_store, tmp_path_factory):
         str(tiny_store),
         "--out",
         str(run),
-        "epochs=15",
+        "epochs=3",
         "batch_size=32",
         "embedding_dim=64",
         "lr=0.003",

@@ -105,7 +105,7 @@ def cell_run(tiny_screen, cell_store, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("seed", [1, 2])  # and seed 0: the cell_run fixture
+@pytest.mark.parametrize("seed", [1])  # and seed 0: the cell_run fixture
 def test_tiny_cell_training_stays_finite_for_any_seed(tiny_screen, cell_store, tmp_path, seed):
     """The training that went NaN in bf16 when another process shared the cores: one epoch per seed,
     a finite loss and finite weights every time."""

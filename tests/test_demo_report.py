@@ -23,7 +23,7 @@ def demo_dir(tmp_path_factory):
 def test_demo_quick_numbers(demo_dir, capsys):
     table = json.loads((demo_dir / "demo.json").read_text())
     rcic = table["rcic"]
-    # --quick trains 2 epochs on the tiny screen: a smoke run, so this checks the table, not
+    # --quick trains 1 epoch on the tiny screen: a smoke run, so this checks the table, not
     # accuracy (the pipeline test checks what the plate stages do for a trained model)
     assert list(rcic) == ["single model", "ensemble", "plate groups", "well decision"]
     assert all(0.0 <= v <= 1.0 for v in rcic.values())
@@ -46,8 +46,10 @@ def test_demo_quick_numbers(demo_dir, capsys):
 
 
 def test_demo_is_reproducible(demo_dir, tmp_path):
-    # a second run reuses the generated screen but retrains: same seed, same numbers
-    shutil.copytree(demo_dir / "data", tmp_path / "again" / "data")
+    # a second run reuses the generated screen and two of the three finished runs, and retrains
+    # the first model: same seed, same numbers
+    for part in ("data", "runs/model-1", "runs/bronze"):
+        shutil.copytree(demo_dir / part, tmp_path / "again" / part)
     assert cli.main(["demo", "--quick", "--out", str(tmp_path / "again")]) == 0
     a = json.loads((demo_dir / "demo.json").read_text())
     b = json.loads((tmp_path / "again" / "demo.json").read_text())

@@ -85,6 +85,7 @@ def _train_argv(screen, store, out) -> list:
     return [
         "train", "--data", screen, "--store", store, "--out", out, "epochs=3", "batch_size=32",
         "embedding_dim=32", "deterministic=true", "warmup_epochs=0.2", "folds=4", "fold=0",
+        "backbone=resnet10t",  # the smallest ResNet: what is tested is the resume, not the model
     ]  # fmt: skip
 
 
