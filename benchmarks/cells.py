@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from recipes import _print_row, _with_test_labels, n_samples, train_and_score
+from recipes import _print_row, n_samples, train_and_score
 
 from rcic import cells, config, metadata, store, synth
 from rcic.store import SiteStore
@@ -67,7 +67,7 @@ def main() -> None:
         f"demo screen (seed 0): {n_cells} cells from {int(sst.packed.sum())} sites "
         f"({n_cells / sst.packed.sum():.1f} per site, {t1 - t0:.0f} s to cut, {t2 - t1:.0f} s aligned)"
     )
-    labelled = _with_test_labels(sites, data)
+    labelled = synth.with_test_labels(sites, data)
     cell_cfg = config.load_config(CONFIGS / "cells.yaml", ["fold=0"])
     steps = cell_cfg.epochs * (n_samples(cell_cfg, sites, cst) // cell_cfg.batch_size)
     site_cfg = config.load_config(CONFIGS / "demo.yaml", ["fold=0"])

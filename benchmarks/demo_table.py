@@ -34,14 +34,14 @@ def main() -> None:
     print(demo.format_demo_table(table))
     print(f"group choice right on {table['group_choice_right']:.0%} of test plates")
     print(json.dumps(table["rcic_cell_type"], indent=1))
-    from synth_difficulty import baseline_table, fold0_experiments, with_test_labels
+    from synth_difficulty import baseline_table, fold0_experiments
 
-    from rcic import metadata
+    from rcic import metadata, synth
 
     data = args.out / "data"
     sites = metadata.load_metadata(data)
     print("image-statistics baselines on the same screen (42 numbers per well):")
-    labelled = with_test_labels(sites, data)
+    labelled = synth.with_test_labels(sites, data)
     rows = baseline_table(labelled, args.out / "store", fold0_experiments(sites))
     best = max(rows.values())
     single = table["rcic"]["single model"]

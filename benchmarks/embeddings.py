@@ -84,14 +84,6 @@ def main() -> None:
         f"{'CNN + ' + best.stem:42} "
         + " ".join(f"{ens[s]:9.3f}" for s in ("ensemble", "groups", "assign"))
     )
-    for steps in (["none"], ["tvn"], ["tvn", "align_pos"]):
-        prof = embed_pipeline.write_profiles(
-            [work / "fold.npz"], work / "profiles.npz", steps, "plate", data / "synth.json", 5
-        )
-        print(
-            f"profiles ({'+'.join(steps)}): same-pathway share among the 5 most similar siRNAs "
-            f"{prof['pathway_recall']:.3f} (chance {prof['chance']:.3f})"
-        )
     (work / "results.json").write_text(json.dumps(rows, indent=1))
 
 

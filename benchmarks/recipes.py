@@ -87,7 +87,7 @@ def main() -> None:
     sites = metadata.load_metadata(data)
     if not (st_path / "store.json").exists():
         store.pack(data, sites, st_path)
-    labelled = _with_test_labels(sites, data)
+    labelled = synth.with_test_labels(sites, data)
     st = SiteStore(st_path)
     base = config.load_config(DEMO, ["fold=0"])
     base_n = n_samples(base, sites, st)
@@ -127,16 +127,6 @@ def _print_row(name: str, rows: list[dict]) -> None:
         + f"   ({rows[0]['epochs']} epochs)",
         flush=True,
     )
-
-
-def _with_test_labels(sites, data: Path):
-    import pandas as pd
-
-    labels = pd.read_csv(data / "test_labels.csv").set_index("id_code")["sirna"]
-    out = sites.copy()
-    hit = out["id_code"].isin(labels.index)
-    out.loc[hit, "sirna"] = out.loc[hit, "id_code"].map(labels)
-    return out
 
 
 def _slug(name: str) -> str:

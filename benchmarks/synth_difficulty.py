@@ -52,16 +52,6 @@ def screen(work: Path, preset: str, seed: int) -> tuple[Path, pd.DataFrame, Path
     return data, sites, st
 
 
-def with_test_labels(sites: pd.DataFrame, data: Path) -> pd.DataFrame:
-    labels = pd.read_csv(data / "test_labels.csv").set_index("id_code")["sirna"]
-    out = sites.copy()
-    hidden = out["split"] == "test"
-    out.loc[hidden & out["id_code"].isin(labels.index), "sirna"] = out.loc[
-        hidden & out["id_code"].isin(labels.index), "id_code"
-    ].map(labels)
-    return out
-
-
 def fold0_experiments(sites: pd.DataFrame) -> list[str]:
     """The training experiments of fold 0 (of 3), where the logistic regression is tuned."""
     from rcic.samples import make_folds
@@ -171,7 +161,7 @@ def main() -> None:
     if not args.no_audit:
         result["leak_audit_max"] = print_audit(args.preset, args.seed)
     val_exps = fold0_experiments(sites)
-    labelled = with_test_labels(sites, data)
+    labelled = synth.with_test_labels(sites, data)
     n_sirna = labelled.loc[labelled["well_type"] == "treatment", "sirna"].nunique()
     print(
         f"{args.preset} screen, seed {args.seed}: {n_sirna} siRNAs (chance {1 / n_sirna:.4f}); "

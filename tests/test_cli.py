@@ -1,3 +1,4 @@
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,30 @@ def test_import_rcic_is_light_and_exposes_the_entry_points():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert "make_submission" in out.stdout
+
+
+def _list_options():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.nargs in ("+", "*"):
+                yield name, action
+
+
+def test_every_list_option_adds_when_repeated():
+    """`submit --logits A --logits B` ensembles A and B (a repeated flag once replaced the list)."""
+    found = dict.fromkeys(("submit --logits", "submit --weights", "profiles --table",
+                           "pseudo --fractions"), False)  # fmt: skip
+    for command, action in _list_options():
+        assert isinstance(action, argparse._ExtendAction), f"{command} {action.option_strings}"
+        found[f"{command} {action.option_strings[0]}"] = True
+    assert all(found.values()), found
+    parse = cli.build_parser().parse_args
+    args = parse(["submit", "--logits", "a.npz", "--logits", "b.npz", "c.npz", "--metadata", "m", "--out", "s.csv",
+                  "--weights", "1", "--weights", "2", "3"])  # fmt: skip
+    assert args.logits == [Path("a.npz"), Path("b.npz"), Path("c.npz")]
+    assert args.weights == [1.0, 2.0, 3.0]
+    pseudo = ["pseudo", "--run", "r", "--data", "d", "--store", "s", "--out", "o"]
+    assert parse([*pseudo, "--fractions", "0.2", "--fractions", "0.5"]).fractions == [0.2, 0.5]
+    assert parse(pseudo).fractions is None  # pseudo_rounds' own default

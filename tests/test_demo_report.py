@@ -41,6 +41,9 @@ def test_demo_quick_numbers(demo_dir, capsys):
         "report.html",
         "runs/model-0/metrics.jsonl",
         "runs/bronze/logits-test.npz",
+        "profiles/wells.parquet",
+        "profiles/consensus.parquet",
+        "profiles/metrics.json",
     ):
         assert (demo_dir / name).exists(), name
 
@@ -74,6 +77,7 @@ def test_report_renders_in_a_browser(demo_dir, tmp_path):
         "Accuracy after each stage",
         "Test plates",
         "Mistakes",
+        "Profiles",
         "Configuration",
     ):
         assert f"<h2>{section}" in text
@@ -102,6 +106,9 @@ def test_report_renders_in_a_browser(demo_dir, tmp_path):
     m = re.search(r'data-images="(\d+)/(\d+)"', dom.stdout)
     assert m, "the page's load handler did not run"
     assert int(m[1]) == int(m[2]) >= 6, f"only {m[1]} of {m[2]} images decoded"
+    # the profiles section as the browser built it: its table and both of its figures
+    profiles = dom.stdout.split("<h2>Profiles</h2>")[1].split("<h2>")[0]
+    assert "activity mAP" in profiles and profiles.count("<img") == 2
     shot = tmp_path / "shot.png"
     subprocess.run(
         [browser, *flags, f"--screenshot={shot}", "--window-size=1280,2400", report.as_uri()],

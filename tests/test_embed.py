@@ -91,13 +91,6 @@ def test_align_pos_moves_experiments_onto_shared_controls():
     assert np.ptp(np.array(cents), axis=0).max() < 1e-9
 
 
-def test_pathway_recall_counts_shared_pathways():
-    ids = np.arange(4)
-    sim = np.array([[1, 0.9, 0, 0], [0.9, 1, 0, 0], [0, 0, 1, 0.8], [0, 0, 0.8, 1.0]])
-    recall, chance = embed.pathway_recall(ids, sim, {0: 0, 1: 0, 2: 1, 3: 1}, k=1)
-    assert recall == 1.0 and chance == pytest.approx(1 / 3)
-
-
 def test_out_of_fold_embeddings_and_heads_through_submit(
     trained, tiny_screen, tiny_store, tmp_path
 ):
@@ -190,20 +183,14 @@ def test_out_of_fold_embeddings_and_heads_through_submit(
         == 0
     )
     assert len(pd.read_csv(tmp_path / "ens.csv")) == len(pd.read_csv(tiny_screen / "test.csv"))
-    assert (
-        cli.main(
-            [
-                "profiles",
-                "--embeddings",
-                str(tmp_path / "fold.npz"),
-                str(tmp_path / "test.npz"),
-                "--truth",
-                str(tiny_screen / "synth.json"),
-                "--out",
-                str(tmp_path / "prof.npz"),
-            ]
-        )
-        == 0
-    )
-    prof = np.load(tmp_path / "prof.npz")
-    assert prof["similarity"].shape == (len(prof["sirna"]),) * 2
+    # the same model's profile tables: the well table a profiling user reads
+    table = tmp_path / "fold.parquet"
+    assert cli.main(["embed", *common, "--split", "0", "--out", str(table)]) == 0
+    frame = pd.read_parquet(table)
+    npz = read_logits(tmp_path / "fold.npz")
+    assert sorted(frame["Metadata_id_code"]) == sorted(npz["id_code"])
+    order = pd.Series(range(len(npz["id_code"])), index=npz["id_code"])
+    rows = order.loc[frame["Metadata_id_code"]].to_numpy()
+    emb = frame[[c for c in frame.columns if c.startswith("emb_")]].to_numpy()
+    np.testing.assert_allclose(emb, npz["embedding"][rows], rtol=1e-6)
+    np.testing.assert_array_equal(frame["Metadata_oof"], npz["oof"][rows])

@@ -45,22 +45,54 @@ def _laplace(x: np.ndarray) -> np.ndarray:
     return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4 * x
 
 
-def well_features(store: SiteStore, sites: pd.DataFrame, batch: int = 512) -> pd.DataFrame:
-    """Features of every well in `sites` (its sites averaged), with the well's columns."""
+def well_features(
+    store: SiteStore, sites: pd.DataFrame, batch: int = 512, extended: bool = False
+) -> pd.DataFrame:
+    """Features of every well in `sites` (its sites averaged), with the well's columns and
+    ``n_sites``: the 42 statistics, and with `extended` also `PROFILE_NAMES` (profiling)."""
     mine = ["sirna", "well_type", "split"]
     index = store.index.drop(columns=mine, errors="ignore").merge(
         sites[["id_code", "site", *mine]], on=["id_code", "site"]
     )
+    fn, names = (profile_features, PROFILE_NAMES) if extended else (site_features, FEATURE_NAMES)
     feats = np.concatenate(
         [
-            site_features(store.read_many(index["idx"].to_numpy()[i : i + batch]))
+            fn(store.read_many(index["idx"].to_numpy()[i : i + batch]))
             for i in range(0, len(index), batch)
         ]
     )
-    names = list(FEATURE_NAMES)
+    names = list(names)
     frame = pd.concat([index.reset_index(drop=True), pd.DataFrame(feats, columns=names)], axis=1)
     keys = ["id_code", "experiment", "plate", "well", "cell_type", "split", "sirna", "well_type"]
-    return frame.groupby(keys, as_index=False)[names].mean()
+    out = frame.groupby(keys, as_index=False).agg(
+        **{n: (n, "mean") for n in names}, n_sites=("id_code", "size")
+    )
+    return out
+
+
+# channel pairs of the cross-channel correlations, and the extended feature names
+PAIRS = tuple((a, b) for a in layout.CHANNELS for b in layout.CHANNELS if a < b)
+PROFILE_NAMES = (
+    FEATURE_NAMES
+    + tuple(f"w{a}_w{b}_correlation" for a, b in PAIRS)
+    + tuple(f"w{c}_coherence" for c in layout.CHANNELS)
+)
+
+
+def profile_features(images: np.ndarray) -> np.ndarray:
+    """The 42 statistics, the 15 pixel correlations between channels, and per channel how
+    strongly its structures share one orientation over the site (coherence of the summed
+    structure tensor of its gradients, 0 for none, 1 for all alike)."""
+    x = images.astype(np.float32)
+    n, c = x.shape[:2]
+    flat = x.reshape(n, c, -1)
+    z = (flat - flat.mean(-1, keepdims=True)) / (flat.std(-1, keepdims=True) + 1e-6)
+    corr = np.einsum("ncp,ndp->ncd", z, z) / z.shape[-1]
+    pairs = corr[:, [a - 1 for a, _ in PAIRS], [b - 1 for _, b in PAIRS]]
+    gy, gx = np.gradient(x, axis=(2, 3))
+    jxx, jyy, jxy = (gx * gx).sum((2, 3)), (gy * gy).sum((2, 3)), (gx * gy).sum((2, 3))
+    coherence = np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy + 1e-6)
+    return np.concatenate([site_features(images), pairs, coherence], axis=1)
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:

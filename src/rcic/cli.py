@@ -389,8 +389,13 @@ def _add_submit(sub) -> None:
         "give each well one siRNA of its plate's group, check and write submission.csv and stages.json. "
         "With --labels, print accuracy after each stage.",
     )
-    p.add_argument("--logits", type=Path, nargs="+", required=True, help="logits files (.npz)")
-    p.add_argument("--weights", type=float, nargs="+", help="one weight per logits file")
+    p.add_argument(
+        "--logits", type=Path, nargs="+", action="extend", required=True,
+        help="logits files (.npz); repeat the flag or list several",
+    )  # fmt: skip
+    p.add_argument(
+        "--weights", type=float, nargs="+", action="extend", help="one weight per logits file"
+    )
     p.add_argument(
         "--mode",
         choices=["logprob", "logits"],
@@ -664,36 +669,88 @@ def cmd_embed_head(args) -> int:
 
 
 def _add_profiles(sub) -> None:
+    from rcic.profiles import CORRECTIONS
+
     p = sub.add_parser(
         "profiles",
-        help="per-siRNA profiles and their similarity matrix",
-        description="Aggregate batch-corrected embeddings of labelled treatment wells into one profile "
-        "per siRNA (mean over experiments) and write profiles and their cosine similarity matrix (.npz). "
-        "With a synthetic screen's synth.json, report how often an siRNA's most similar siRNAs share "
-        "its pathway.",
+        help="batch-corrected profiles, consensus per siRNA and the field's metrics",
+        description="Read profile tables (`rcic embed --out X.parquet`, `rcic features`), correct "
+        "them through pycytominer (per experiment on the negative controls; spherize: then ZCA "
+        "whitening), and write OUT/wells.parquet, OUT/consensus.parquet (median per siRNA x cell "
+        "type and over all cell types), OUT/activity.csv and OUT/metrics.json: phenotypic activity "
+        "(copairs mAP against the negative controls, fraction retrieved at corrected p < 0.05); with "
+        "pathways (a synthetic screen's synth.json) or --relationships, phenotypic consistency and "
+        "EFAAR's known-relationship recall; with synth.json, the Spearman correlation of true and "
+        "measured cosines per cell type.",
     )
     p.add_argument(
-        "--embeddings", type=Path, nargs="+", required=True, help="embedding files of one model"
-    )
-    p.add_argument("--correction", default="standardize")
-    p.add_argument("--level", choices=["plate", "experiment"], default="plate")
+        "--table", type=Path, nargs="+", action="extend", required=True,
+        help="profile tables (.parquet) of one model or feature set; repeat or list several",
+    )  # fmt: skip
+    p.add_argument("--correction", choices=CORRECTIONS, default="standardize")
+    p.add_argument(
+        "--epsilon", default="auto",
+        help="spherize regulariser, or auto: the best activity mAP on the train split's wells",
+    )  # fmt: skip
+    p.add_argument("--relationships", type=Path, help="CSV entity1,entity2 of known pairs")
     p.add_argument("--truth", type=Path, help="synth.json of a synthetic screen (pathways)")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--evaluate", default="all", help="split whose wells the metrics use (all, train, test)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=cmd_profiles)
 
 
 def cmd_profiles(args) -> int:
-    from rcic import embed_pipeline
+    from rcic import profiles
 
-    res = embed_pipeline.write_profiles(
-        args.embeddings, args.out, args.correction.split(","), args.level, args.truth, args.top_k
+    epsilon = args.epsilon if args.epsilon == "auto" else _float(args.epsilon, "--epsilon")
+    m = profiles.run_profiles(args.table, args.out, args.correction, epsilon, args.relationships,
+                              args.truth, args.evaluate)  # fmt: skip
+    a = m["activity"]
+    print(f"wrote {args.out}: activity mAP {a['mAP']:.3f}, retrieved {a['fraction_retrieved']:.3f}")
+    for key in ("consistency", "relationship_recall"):
+        if key in m:
+            v = m[key].get("mAP", m[key].get("recall"))
+            print(f"{key.replace('_', ' ')}: {v:.3f}")
+    return 0
+
+
+def _float(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"{name} must be a number or auto, not {text!r}") from None
+
+
+def _add_features(sub) -> None:
+    p = sub.add_parser(
+        "features",
+        help="hand-crafted image features of every well, as a profile table",
+        description="Per well (both sites averaged): per channel mean, std, 50/90/99th percentiles, "
+        "foreground fraction and texture (the 42 statistics of the difficulty certificate), the 15 "
+        "pixel correlations between channels and each channel's orientation coherence, written as a "
+        "profile table (.parquet) that `rcic profiles` reads.",
     )
-    print(f"wrote {args.out}: {res['n_sirna']} siRNA profiles")
-    if "pathway_recall" in res:
-        print(
-            f"same-pathway share among the top {args.top_k} most similar: {res['pathway_recall']:.3f} (chance {res['chance']:.3f})"
-        )
+    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--store", required=True, help=STORE_HELP)
+    p.add_argument("--out", type=Path, required=True, help="profile table (.parquet)")
+    _add_metadata_args(p)
+    p.set_defaults(func=cmd_features)
+
+
+def cmd_features(args) -> int:
+    from rcic import __version__, baselines, profiles
+    from rcic.store import SiteStore
+
+    wells = baselines.well_features(SiteStore(args.store), _sites(args), extended=True)
+    meta = profiles.metadata_frame(wells, "rcic", n_sites=wells["n_sites"])
+    names = list(baselines.PROFILE_NAMES)
+    table = profiles.make_table(meta, wells[names].to_numpy(), names)
+    provenance = {"command": "rcic features", "store": str(args.store), "correction": "none",
+                  "level": "well", "rcic_version": __version__}  # fmt: skip
+    profiles.write_table(table, args.out, provenance)
+    print(f"wrote {args.out}: {len(table)} wells x {len(names)} features")
     return 0
 
 
@@ -707,7 +764,10 @@ def _add_pseudo(sub) -> None:
     )
     _add_run_data_store(p, help_run="trained run to start from")
     p.add_argument("--out", type=Path, required=True, help="folder for the rounds")
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.6, 0.9])
+    p.add_argument(
+        "--fractions", type=float, nargs="+", action="extend",
+        help="fraction of each plate's wells kept per round (default: 0.3 0.6 0.9)",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, help="fine-tuning epochs per round (default: the run's)")
     p.add_argument(
         "--labels", type=Path, help="hidden test labels, to report pseudo-label accuracy"
@@ -718,15 +778,16 @@ def _add_pseudo(sub) -> None:
 def cmd_pseudo(args) -> int:
     from rcic import pseudo
 
+    fractions = {"fractions": args.fractions} if args.fractions else {}
     for r in pseudo.pseudo_rounds(
         args.run,
         _sites(args),
         args.data,
         args.store,
         args.out,
-        args.fractions,
-        args.epochs,
-        args.labels,
+        epochs=args.epochs,
+        labels=args.labels,
+        **fractions,
     ):
         print(r)
     return 0
@@ -745,6 +806,7 @@ COMMANDS = [
     _add_embed,
     _add_embed_head,
     _add_profiles,
+    _add_features,
     _add_demo,
     _add_report,
 ]

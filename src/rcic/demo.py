@@ -2,7 +2,8 @@
 
 synth -> prepare -> train an ensemble (two models, each holding out a different fold of
 experiments) -> predict fold (temperature) and test (8-view TTA, both sites) -> submit with plate
-post-processing, scored after each stage -> the bronze-medal way beside it -> report.html.
+post-processing, scored after each stage -> the bronze-medal way beside it -> the first model's
+profiles of wells it never trained on (`rcic profiles`) -> report.html.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def run_demo(
     for i, (name, cfg) in enumerate(models.items()):
         log.info("3/6 training %s (%d of %d)", name, i + 1, len(models))
         logits[name] = _train_and_predict(cfg, out / "runs" / name, sites, store_dir)
-    log.info("5/6 plate post-processing and scoring")
+    log.info("5/6 plate post-processing and scoring; profiles of the first model")
     table = _score(out, data, logits)
+    table["profiles"] = _profiles(out, data, sites, store_dir)
     table["minutes"] = (time.perf_counter() - t0) / 60
     (out / "demo.json").write_text(json.dumps(table, indent=1))
     log.info("6/6 writing the report")
@@ -87,6 +89,26 @@ def _train_and_predict(cfg: config.TrainConfig, run: Path, sites, store_dir) -> 
         temperature=float(read_logits(fold)["temperature"]),
         progress=False,
     )
+
+
+def _profiles(out: Path, data: Path, sites, store_dir: Path) -> dict:
+    """The first model's embeddings of wells it never trained on (its held-out fold, and the test
+    experiments with the screen's hidden labels), corrected and scored as a profiling user would
+    (`rcic profiles`: out/profiles/)."""
+    from rcic import profiles
+
+    labelled, run = synth.with_test_labels(sites, data), out / "runs" / "model-0"
+    tables = [
+        predict.embed_run(run, labelled, store_dir, split, out / "profiles" / f"{name}.parquet",
+                          checkpoint="last", views=2, progress=False)  # fmt: skip
+        for name, split in (("embed-fold", "0"), ("embed-test", "test"))
+    ]
+    m = profiles.run_profiles(tables, out / "profiles", "standardize", truth=data / "synth.json")
+    return {
+        "activity mAP": m["activity"]["mAP"],
+        "consistency mAP": m["consistency"]["mAP"],
+        "relationship recall": m["relationship_recall"]["recall"],
+    }
 
 
 def same_steps(cfg: config.TrainConfig, reference: config.TrainConfig, sites, store_dir):

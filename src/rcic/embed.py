@@ -1,4 +1,5 @@
-"""The embeddings route: batch correction with control wells, heads on embeddings, siRNA profiles.
+"""Classifying embeddings: batch correction with control wells and heads for `rcic embed-head`
+(profiles for profiling users, corrected through pycytominer, live in `rcic.profiles`).
 
 numpy, scipy and scikit-learn only. Embeddings come from `rcic embed` (the CNN's neck, with the
 same test-time augmentation as prediction) in the logits-file style: ``id_code``, ``embedding``
@@ -202,37 +203,3 @@ def require_out_of_fold(meta: pd.DataFrame, oof: np.ndarray, what: str) -> None:
             "them; a head fitted on them would be judged on its own training data. Embed each fold's "
             "held-out experiments with the model of that fold (rcic embed --split FOLD)."
         )
-
-
-# --- profiles ----------------------------------------------------------------------------------
-
-
-def sirna_profiles(
-    emb: np.ndarray, meta: pd.DataFrame
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-siRNA profiles (mean over experiments of per-experiment means) and their cosine similarity."""
-    treat = (meta["well_type"] == "treatment").to_numpy() & (meta["sirna"].to_numpy() >= 0)
-    import pandas as pd
-
-    frame = pd.DataFrame(emb[treat]).assign(
-        sirna=meta["sirna"].to_numpy()[treat], experiment=meta["experiment"].to_numpy()[treat]
-    )
-    per_exp = frame.groupby(["sirna", "experiment"]).mean()
-    profiles = per_exp.groupby(level="sirna").mean()
-    ids = profiles.index.to_numpy()
-    p = _unit_rows(profiles.to_numpy())
-    return ids, profiles.to_numpy(), p @ p.T
-
-
-def pathway_recall(
-    ids: np.ndarray, similarity: np.ndarray, pathway: dict[int, int], k: int = 5
-) -> tuple[float, float]:
-    """Share of each siRNA's k most similar siRNAs in its own pathway, and that share by chance."""
-    path = np.array([pathway.get(int(i), -1) for i in ids])
-    sim = similarity.copy()
-    np.fill_diagonal(sim, -np.inf)
-    top = np.argsort(-sim, axis=1)[:, :k]
-    hits = (path[top] == path[:, None]).mean()
-    same = (path[:, None] == path[None, :]).sum(1) - 1
-    chance = float((same / (len(ids) - 1)).mean())
-    return float(hits), chance

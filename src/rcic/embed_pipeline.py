@@ -1,8 +1,7 @@
-"""File-level steps of the embeddings route: correct + head -> logits file; profiles -> .npz."""
+"""File-level steps of the embeddings route: correct + head -> logits file (profiles: rcic.profiles)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import pandas as pd
 
 from rcic import embed, layout
 from rcic.errors import InputError
-from rcic.fileio import atomic_path
 from rcic.logitsfile import read_logits, write_logits
 
 log = logging.getLogger(__name__)
@@ -101,27 +99,3 @@ def leave_one_experiment_out(x: np.ndarray, meta: pd.DataFrame, head: str) -> fl
         )
         total += int(test.sum())
     return correct / max(total, 1)
-
-
-def write_profiles(
-    paths, out, steps: list[str], level: str = "plate", truth: Path | None = None, k: int = 5
-) -> dict:
-    emb, meta, _ = _joint([Path(p) for p in paths])
-    corrected = embed.correct(emb, meta, steps, level)
-    ids, profiles, similarity = embed.sirna_profiles(corrected, meta)
-    result = {"n_sirna": len(ids)}
-    if truth:
-        pathway = {
-            int(s): p for s, p in json.loads(Path(truth).read_text()).get("pathway", {}).items()
-        }
-        result["pathway_recall"], result["chance"] = embed.pathway_recall(
-            ids, similarity, pathway, k
-        )
-    with atomic_path(out, ".tmp.npz") as tmp:
-        np.savez(
-            tmp,
-            sirna=ids,
-            profiles=profiles.astype(np.float32),
-            similarity=similarity.astype(np.float32),
-        )
-    return result

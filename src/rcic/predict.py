@@ -195,7 +195,8 @@ def embed_run(
     progress: bool = True,
     threads: int = 0,
 ) -> Path:
-    """Embed every well (treatments and controls) of a split with a run's model; write an .npz.
+    """Embed every well (treatments and controls) of a split with a run's model; write an .npz,
+    or with a ``.parquet`` `out` a profile table (`rcic.profiles`: the raw well profiles).
 
     ``oof`` marks the wells that were not training samples of this model (their embeddings can
     train a head honestly): the held-out fold's experiments, and unlabelled test treatments.
@@ -205,15 +206,25 @@ def embed_run(
         batch_size=batch_size, embeddings=True, progress=progress, threads=threads,
     )  # fmt: skip
     res = pr.res
-    wt = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"], "well_type"]
+    wells = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"]]
     oof = ~np.isin(res["id_code"], _trained_on(sites, pr.st, pr.cfg, pr.held_out))
+    source = str(Path(run).resolve())
+    if str(out).endswith(".parquet"):
+        from rcic import __version__, profiles
+
+        meta = profiles.metadata_frame(wells.reset_index(), "rcic", oof, res["n_sites"])
+        provenance = {"command": "rcic embed", "run": source, "checkpoint": checkpoint,
+                      "views": views, "split": split, "correction": "none", "level": "well",
+                      "rcic_version": __version__}  # fmt: skip
+        table = profiles.make_table(meta, res["embedding"])
+        return profiles.write_table(table, out, provenance)
     return write_logits(
         out,
         res.pop("id_code"),
         res.pop("logits"),
-        well_type=wt.to_numpy(str),
+        well_type=wells["well_type"].to_numpy(str),
         oof=oof,
-        source=str(Path(run).resolve()),
+        source=source,
         checkpoint=checkpoint,
         views=views,
         **res,

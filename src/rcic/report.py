@@ -3,7 +3,9 @@
 Sections: example images per cell type (RGB composites and the six channels), training curves, the
 accuracy after each stage per cell type and experiment, test plate maps (wells coloured correct /
 wrong / control / missing, with the chosen group and its margin), the most confused siRNA pairs and
-the spread of per-class accuracy, and the run's configuration and versions.
+the spread of per-class accuracy, the profiles of `rcic profiles` (mAP per cell type, the
+consensus similarity map ordered by pathway, a 2-D projection of the corrected wells), and the
+run's configuration and versions.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def _find(root: Path) -> dict:
         "stages": root / "stages.json" if (root / "stages.json").exists() else None,
         "submission": root / "submission.csv" if (root / "submission.csv").exists() else None,
         "demo": root / "demo.json" if (root / "demo.json").exists() else None,
+        "profiles": next(
+            (d for d in (root / "profiles", root) if (d / "metrics.json").exists()), None
+        ),
     }
 
 
@@ -245,9 +250,10 @@ def build_report(root: str | Path, out: str | Path) -> Path:
     """Write the report of a demo or run folder `root` to `out` (written atomically)."""
     root, out = Path(root), Path(out)
     found = _find(root)
-    if not found["runs"] and not found["stages"]:
+    if not found["runs"] and not found["stages"] and not found["profiles"]:
         raise MissingFileError(
-            f"{root}: no run (checkpoints/last.pt) and no stages.json: nothing to report"
+            f"{root}: no run (checkpoints/last.pt), no stages.json and no profiles "
+            "(metrics.json): nothing to report"
         )
     sections = [f"<h1>rcic report: {html.escape(root.name)}</h1>"]
     if found["store"]:
@@ -269,6 +275,8 @@ def build_report(root: str | Path, out: str | Path) -> Path:
         ]
         if (found["data"] / "test_labels.csv").exists():
             sections += ["<h2>Mistakes</h2>", confusion(found["data"], found["submission"])]
+    if found["profiles"]:
+        sections += ["<h2>Profiles</h2>", profile_section(found["profiles"])]
     sections += ["<h2>Configuration and versions</h2>", _configs(found["runs"])]
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>rcic report</title><style>{CSS}</style>"
@@ -288,3 +296,75 @@ def _configs(runs: list[Path]) -> str:
             f"<h3>{html.escape(run.name)}</h3><pre>{html.escape(text)}</pre><pre>{html.escape(env)}</pre>"
         )
     return "".join(parts)
+
+
+def profile_section(folder: Path) -> str:
+    """What `rcic profiles` measured: activity and consistency per cell type, recall and the
+    true-vs-measured correlation; the consensus similarity map ordered by pathway; the corrected
+    wells projected on their first two principal components."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    rows = {}
+    for key in ("activity", "consistency"):
+        for ct, v in metrics.get(key, {}).get("cell_type", {}).items():
+            rows.setdefault(ct, {})[f"{key} mAP"] = v["mAP"]
+            rows[ct][f"{key} retrieved"] = v["fraction_retrieved"]
+    for ct, rho in metrics.get("true_vs_measured_spearman", {}).items():
+        rows.setdefault(ct, {})["true vs measured (Spearman)"] = rho
+    recall = metrics.get("relationship_recall", {}).get("recall")
+    caption = (
+        f"Correction: {html.escape(str(metrics.get('correction')))}; wells evaluated: "
+        f"{html.escape(str(metrics.get('evaluate')))}; activity mAP "
+        f"{metrics['activity']['mAP']:.3f}"
+        + (f"; known-relationship recall {recall:.3f} (random: about 0.10)" if recall else "")
+    )
+    parts = [f"<p class='caption'>{caption}</p>", _table(pd.DataFrame(rows).T)]
+    if (folder / "consensus.parquet").exists():
+        parts.append(_similarity_map(pd.read_parquet(folder / "consensus.parquet")))
+    if (folder / "wells.parquet").exists() and (folder / "consensus.parquet").exists():
+        parts.append(_projection(folder))
+    return "".join(parts)
+
+
+def _features(frame: pd.DataFrame) -> np.ndarray:
+    return frame[[c for c in frame.columns if not c.startswith("Metadata_")]].to_numpy(float)
+
+
+def _similarity_map(cons: pd.DataFrame) -> str:
+    pooled = cons[(cons["Metadata_CellType"] == "all") & (cons["Metadata_pert_type"] == "trt")]
+    order = ["Metadata_pathway", "Metadata_sirna_id"] if "Metadata_pathway" in pooled else []
+    pooled = pooled.sort_values(order or "Metadata_sirna_id")
+    x = _features(pooled)
+    x = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    im = ax.imshow(x @ x.T, cmap="RdBu_r", vmin=-1, vmax=1)
+    fig.colorbar(im, ax=ax, label="cosine")
+    ax.set_title("consensus profiles (all cell types), ordered by pathway" if order else "")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _png(fig)
+
+
+def _projection(folder: Path) -> str:
+    wells = pd.read_parquet(folder / "wells.parquet")
+    cons = pd.read_parquet(folder / "consensus.parquet")
+    x = _features(wells)
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    xy = x @ vt[:2].T
+    pathway = (
+        wells["Metadata_sirna"].map(
+            cons.drop_duplicates("Metadata_sirna").set_index("Metadata_sirna")["Metadata_pathway"]
+        )  # fmt: skip
+        if "Metadata_pathway" in cons
+        else pd.Series("", index=wells.index)
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (title, colour) in zip(
+        axes, (("experiment", wells["Metadata_Batch"]), ("pathway", pathway)), strict=True
+    ):
+        codes, names = pd.factorize(colour.fillna("").astype(str))
+        ax.scatter(xy[:, 0], xy[:, 1], c=codes, cmap="tab20", s=6)
+        ax.set_title(f"corrected wells, coloured by {title} ({len(names)})")
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+    return _png(fig)

@@ -234,6 +234,16 @@ def sirna_phenotypes(spec: Preset, seed: int) -> cellsim.Phenotypes:
     return cellsim.sirna_phenotypes(spec.strength, spec.n_pathways, seed)
 
 
+def with_test_labels(sites: pd.DataFrame, data: str | Path) -> pd.DataFrame:
+    """`sites` with the test treatments' hidden labels (a synthetic screen's test_labels.csv) filled
+    in, for scoring and profiling on the test experiments."""
+    labels = pd.read_csv(Path(data) / "test_labels.csv").set_index("id_code")["sirna"]
+    out = sites.copy()
+    hidden = (out["split"] == "test") & out["id_code"].isin(labels.index)
+    out.loc[hidden, "sirna"] = out.loc[hidden, "id_code"].map(labels)
+    return out
+
+
 # --- writing a dataset ----------------------------------------------------------------------
 
 

@@ -1,0 +1,162 @@
+"""The figures the profiling field reports on a map of profiles.
+
+- Phenotypic activity and consistency: mean average precision through copairs (Kalinin et al.,
+  Nature Communications 2025): each siRNA x cell type's wells retrieved against the negative
+  controls; consensus profiles retrieved by the siRNAs of the same pathway. The parameters used go
+  into the result, and from there into ``metrics.json``.
+- Known-relationship recall as EFAAR defines it (Celik et al., "Building, benchmarking, and
+  exploring perturbative maps of transcriptional and morphological data", PLOS Comput Biol 2024):
+  the share of annotated pairs whose cosine similarity lies below the 5th or above the 95th
+  percentile of the cosines of all pairs of profiles (random profiles: about 0.10).
+- On a synthetic screen only: the Spearman correlation between the true and the measured cosine of
+  every pair of siRNAs, per cell type.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from rcic.profiles import feature_columns
+
+NULL_SIZE = 10000  # permutations of copairs' null for the mAP p-values
+THRESHOLD = 0.05  # on the corrected p-values: "retrieved"
+RECALL_PERCENTILES = (5.0, 95.0)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+
+def cosine_matrix(x: np.ndarray) -> np.ndarray:
+    u = _unit(np.asarray(x, np.float64))
+    return u @ u.T
+
+
+def relationship_recall(
+    profiles: pd.DataFrame, pairs: pd.DataFrame, percentiles=RECALL_PERCENTILES
+) -> dict:
+    """EFAAR's known-relationship recall of `pairs` (columns entity1, entity2) among `profiles`
+    (one row per entity, indexed by the entity's name, feature columns only).
+
+    The null is the cosine of every unordered pair of distinct profiles; a pair counts once
+    whichever way round it is listed, and pairs naming an absent entity (or one entity twice) are
+    left out and counted in ``n_missing``.
+    """
+    names = profiles.index.astype(str)
+    where = {n: i for i, n in enumerate(names)}
+    cos = cosine_matrix(profiles.to_numpy())
+    upper = cos[np.triu_indices(len(names), k=1)]
+    lo, hi = np.percentile(upper, percentiles)
+    found = set()
+    for a, b in pairs[["entity1", "entity2"]].astype(str).itertuples(index=False):
+        if a in where and b in where and a != b:
+            found.add((min(where[a], where[b]), max(where[a], where[b])))
+    values = np.array([cos[i, j] for i, j in sorted(found)])
+    recalled = int(((values < lo) | (values > hi)).sum()) if len(values) else 0
+    return {
+        "recall": recalled / len(values) if len(values) else float("nan"),
+        "n_pairs": len(values),
+        "n_missing": len(pairs) - len(values),
+        "percentiles": list(percentiles),
+        "thresholds": [float(lo), float(hi)],
+    }
+
+
+def true_vs_measured(consensus: pd.DataFrame, truth: dict[str, np.ndarray]) -> dict:
+    """Per cell type, the Spearman correlation between the true cosine of every pair of siRNAs
+    (`truth`: cell type -> (n_classes, dims) phenotypes, rows by class id) and their measured one
+    (the cell type's consensus profiles)."""
+    from scipy.stats import spearmanr
+
+    feats = feature_columns(consensus)
+    out = {}
+    for ct, part in consensus.groupby("Metadata_CellType"):
+        if ct not in truth:
+            continue
+        part = part[part["Metadata_pert_type"] == "trt"]
+        if len(part) < 3:
+            continue
+        ids = part["Metadata_sirna_id"].to_numpy()
+        iu = np.triu_indices(len(part), k=1)
+        measured = cosine_matrix(part[feats].to_numpy())[iu]
+        true = cosine_matrix(truth[ct][ids])[iu]
+        out[str(ct)] = float(spearmanr(true, measured).statistic)
+    return out
+
+
+def _quiet_map(ap: pd.DataFrame, sameby: list[str], seed: int) -> pd.DataFrame:
+    from copairs.map import mean_average_precision
+
+    return mean_average_precision(
+        ap, sameby, null_size=NULL_SIZE, threshold=THRESHOLD, seed=seed, progress_bar=False
+    )
+
+
+def activity(wells: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Phenotypic activity: each treatment well ranks the other wells of its siRNA and cell type
+    against the cell type's negative controls (copairs average precision, cosine); the mAP per
+    siRNA x cell type with its permutation p-value and the BH-corrected one. Returns that table and
+    the copairs parameters used."""
+    from copairs.map import average_precision
+    from copairs.matching import assign_reference_index
+
+    feats = feature_columns(wells)
+    keep = wells["Metadata_pert_type"].isin(["trt", "negcon"]) & (wells["Metadata_sirna"] != "")
+    frame = assign_reference_index(
+        wells[keep].reset_index(drop=True),
+        "Metadata_pert_type == 'negcon'",
+        reference_col="Metadata_reference_index",
+    )
+    params = {
+        "pos_sameby": ["Metadata_sirna", "Metadata_CellType", "Metadata_reference_index"],
+        "pos_diffby": [],
+        "neg_sameby": ["Metadata_CellType"],
+        "neg_diffby": ["Metadata_sirna", "Metadata_reference_index"],
+    }
+    meta = frame[[c for c in frame.columns if c.startswith("Metadata_")]]
+    ap = average_precision(meta, frame[feats].to_numpy(np.float64), **params, progress_bar=False)
+    ap = ap[ap["Metadata_pert_type"] == "trt"]
+    table = _quiet_map(ap, ["Metadata_sirna", "Metadata_CellType"], seed)
+    params.update(map_sameby=["Metadata_sirna", "Metadata_CellType"], null_size=NULL_SIZE,
+                  threshold=THRESHOLD, seed=seed, distance="cosine")  # fmt: skip
+    return table, params
+
+
+def consistency(consensus: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Phenotypic consistency: each siRNA's consensus profile ranks the other siRNAs of its
+    pathway (``Metadata_pathway``) against those of other pathways, within a cell type; the mAP
+    per pathway x cell type."""
+    from copairs.map import average_precision
+
+    feats = feature_columns(consensus)
+    frame = consensus[
+        (consensus["Metadata_pert_type"] == "trt") & (consensus["Metadata_pathway"] != "")
+    ].reset_index(drop=True)
+    params = {
+        "pos_sameby": ["Metadata_pathway", "Metadata_CellType"],
+        "pos_diffby": ["Metadata_sirna"],
+        "neg_sameby": ["Metadata_CellType"],
+        "neg_diffby": ["Metadata_pathway"],
+    }
+    meta = frame[[c for c in frame.columns if c.startswith("Metadata_")]]
+    ap = average_precision(meta, frame[feats].to_numpy(np.float64), **params, progress_bar=False)
+    table = _quiet_map(ap, ["Metadata_pathway", "Metadata_CellType"], seed)
+    params.update(map_sameby=["Metadata_pathway", "Metadata_CellType"], null_size=NULL_SIZE,
+                  threshold=THRESHOLD, seed=seed, distance="cosine")  # fmt: skip
+    return table, params
+
+
+def summarise(table: pd.DataFrame) -> dict:
+    """mAP and the fraction retrieved (corrected p < THRESHOLD), overall and per cell type."""
+
+    def one(t):
+        return {
+            "mAP": float(t["mean_average_precision"].mean()),
+            "fraction_retrieved": float(t["below_corrected_p"].mean()),
+            "n": len(t),
+        }
+
+    out = one(table)
+    out["cell_type"] = {str(ct): one(t) for ct, t in table.groupby("Metadata_CellType")}
+    return out

@@ -1,0 +1,161 @@
+"""Profile tables, the field's metrics on them, and `rcic profiles`."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rcic import cli, profile_metrics, profiles
+from rcic.errors import InputError
+
+
+def test_relationship_recall_by_hand():
+    """Five unit vectors at known angles: the 10 pairwise cosines, their 5th and 95th percentiles
+    (numpy's linear interpolation), and which annotated pairs fall outside, all worked out by hand."""
+    angle = {"A": 0, "B": 5, "C": 60, "D": 150, "E": 200}
+    profiles = pd.DataFrame(
+        [[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angle.values()],
+        index=list(angle),
+        columns=["f0", "f1"],
+    )
+    c = lambda d: math.cos(math.radians(d))  # noqa: E731
+    # sorted cosines: BE c(195), AE c(200), AD c(150), BD c(145), CE c(140), CD 0, AC c(60),
+    # BC c(55), DE c(50), AB c(5); the 5th percentile lies 0.45 of the way from the 1st to the
+    # 2nd, the 95th 0.55 of the way from the 9th to the 10th
+    lo = c(195) + 0.45 * (c(200) - c(195))
+    hi = c(50) + 0.55 * (c(5) - c(50))
+    pairs = pd.DataFrame(
+        [("A", "B"), ("E", "B"), ("C", "D"), ("B", "A"), ("A", "A"), ("A", "Z")],
+        columns=["entity1", "entity2"],
+    )
+    res = profile_metrics.relationship_recall(profiles, pairs)
+    assert res["thresholds"] == pytest.approx([lo, hi])
+    # AB (above) and BE (below) are recalled, CD is not; BA repeats AB; AA and AZ are not pairs
+    assert res["n_pairs"] == 3 and res["n_missing"] == 3
+    assert res["recall"] == pytest.approx(2 / 3)
+
+
+def test_recall_of_random_profiles_is_about_a_tenth():
+    rng = np.random.default_rng(0)
+    profiles = pd.DataFrame(rng.normal(size=(300, 16)), index=[f"g{i}" for i in range(300)])
+    pairs = pd.DataFrame(rng.integers(300, size=(3000, 2)), columns=["entity1", "entity2"])
+    pairs = "g" + pairs.astype(str)
+    res = profile_metrics.relationship_recall(profiles, pairs)
+    assert 0.08 < res["recall"] < 0.12
+
+
+@pytest.fixture(scope="module")
+def feature_profiles(tiny_screen, tiny_store, tmp_path_factory):
+    """`rcic features` then `rcic profiles` on the tiny screen, as a user would run them."""
+    work = tmp_path_factory.mktemp("profiles")
+    table = work / "features.parquet"
+    argv = ["features", "--data", str(tiny_screen), "--store", str(tiny_store), "--out", str(table)]
+    assert cli.main(argv) == 0
+    out = work / "standardize"
+    argv = ["profiles", "--table", str(table), "--truth", str(tiny_screen / "synth.json"),
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    return table, out
+
+
+def test_a_users_notebook_gets_the_numbers_rcic_reports(feature_profiles):
+    """Read the Parquet tables with pandas and run pycytominer and copairs on them by hand."""
+    import pyarrow.parquet as pq
+    from copairs.map import average_precision, mean_average_precision
+    from copairs.matching import assign_reference_index
+    from pycytominer import consensus, normalize
+
+    table, out = feature_profiles
+    raw, wells = pd.read_parquet(table), pd.read_parquet(out / "wells.parquet")
+    meta = [c for c in raw.columns if c.startswith("Metadata_")]
+    feats = [c for c in raw.columns if not c.startswith("Metadata_")]
+    assert meta == list(profiles.METADATA) and len(feats) == 63
+    assert all(raw[c].dtype == np.float32 for c in feats)
+    assert raw["Metadata_Plate"].str.fullmatch(r".+-\d\d_[1-4]").all()  # unique across experiments
+    assert set(raw["Metadata_pert_type"]) == {"trt", "poscon", "negcon"}
+    prov = json.loads(pq.read_schema(out / "wells.parquet").metadata[b"rcic"])
+    assert prov["command"] == "rcic features" and prov["correction"] == "standardize"
+    # the correction: pycytominer's standardize on each experiment's negative controls
+    by_hand = pd.concat(
+        normalize(part, features=feats, meta_features=meta,
+                  samples="Metadata_pert_type == 'negcon'")
+        for _, part in raw.groupby("Metadata_Batch", sort=False)
+    ).loc[raw.index]  # fmt: skip
+    np.testing.assert_allclose(wells[feats], by_hand[feats], rtol=1e-4, atol=1e-4)
+    # the activity figure: copairs with the parameters metrics.json records
+    metrics = json.loads((out / "metrics.json").read_text())
+    p = metrics["copairs_activity"]
+    labelled = wells[wells["Metadata_pert_type"].isin(["trt", "negcon"])
+                     & (wells["Metadata_sirna"] != "")].reset_index(drop=True)  # fmt: skip
+    labelled = assign_reference_index(labelled, "Metadata_pert_type == 'negcon'",
+                                      reference_col="Metadata_reference_index")  # fmt: skip
+    ap = average_precision(
+        labelled[[c for c in labelled.columns if c.startswith("Metadata_")]],
+        labelled[feats].to_numpy(np.float64),
+        p["pos_sameby"], p["pos_diffby"], p["neg_sameby"], p["neg_diffby"],
+    )  # fmt: skip
+    ap = ap[ap["Metadata_pert_type"] == "trt"]
+    maps = mean_average_precision(ap, p["map_sameby"], p["null_size"], p["threshold"], p["seed"])
+    assert metrics["activity"]["mAP"] == pytest.approx(maps["mean_average_precision"].mean())
+    assert metrics["activity"]["fraction_retrieved"] == pytest.approx(
+        maps["below_corrected_p"].mean()
+    )
+    # the consensus: pycytominer's median per siRNA x cell type
+    cons = pd.read_parquet(out / "consensus.parquet")
+    keys = ["Metadata_sirna", "Metadata_CellType"]
+    mine = cons[cons["Metadata_CellType"] != "all"].set_index(keys)[feats].sort_index()
+    theirs = consensus(wells[wells["Metadata_sirna"] != ""][keys + feats], keys, features=feats)
+    np.testing.assert_allclose(mine, theirs.set_index(keys)[feats].sort_index(), rtol=1e-5)
+    assert (cons["Metadata_n_wells"] >= 1).all()
+
+
+def test_synthetic_truth_drives_consistency_recall_and_spearman(feature_profiles, tiny_screen):
+    _, out = feature_profiles
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["consistency"]["mAP"] <= 1
+    assert metrics["relationship_recall"]["n_pairs"] > 0
+    assert set(metrics["true_vs_measured_spearman"]) == {"HEPG2", "HUVEC", "RPE", "U2OS"}
+    # consensus profiles equal to the true phenotypes correlate perfectly with them
+    pathways, truth = profiles.synthetic_truth(tiny_screen / "synth.json")
+    ids = np.array(sorted(pathways)[:12])
+    cons = pd.DataFrame({"Metadata_CellType": "RPE", "Metadata_pert_type": "trt",
+                         "Metadata_sirna_id": ids})  # fmt: skip
+    cons = profiles.make_table(cons, truth["RPE"][ids] * 3.0)
+    rho = profile_metrics.true_vs_measured(cons, truth)
+    assert rho == {"RPE": pytest.approx(1.0)}
+
+
+def test_importing_pycytominer_leaves_other_commands_unchanged(tiny_screen, tmp_path):
+    """pycytominer switches pandas' copy-on-write on when imported: submit's outputs in a process
+    that imported it match those of one that did not."""
+    from rcic.logitsfile import write_logits
+
+    test = pd.read_csv(tiny_screen / "test.csv")
+    z = np.random.default_rng(0).normal(size=(len(test), 1139)).astype(np.float32)
+    logits = write_logits(tmp_path / "l.npz", test.id_code, z)
+    outs = []
+    for k, pre in enumerate(("", "import pycytominer; ")):
+        sub = tmp_path / str(k) / "submission.csv"
+        argv = ["submit", "--logits", str(logits), "--metadata", str(tiny_screen), "--out",
+                str(sub), "--labels", str(tiny_screen / "test_labels.csv")]  # fmt: skip
+        code = f"{pre}import sys; from rcic import cli; sys.exit(cli.main({argv!r}))"
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        stages = json.loads((sub.parent / "stages.json").read_text())
+        stages.pop("seconds")
+        stages.pop("files")
+        outs.append((sub.read_bytes(), stages))
+    assert outs[0] == outs[1]
+
+
+def test_a_file_that_is_not_a_profile_table_is_named(tmp_path):
+    bad = tmp_path / "x.parquet"
+    bad.write_text("id,feature\n1,2\n")
+    with pytest.raises(InputError, match="x.parquet"):
+        profiles.read_table(bad)
+    pd.DataFrame({"emb_0000": [1.0]}).to_parquet(tmp_path / "y.parquet")
+    with pytest.raises(InputError, match="not an rcic profile table"):
+        profiles.read_table(tmp_path / "y.parquet")
