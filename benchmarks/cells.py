@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from recipes import _print_row, n_samples, train_and_score
 
-from rcic import cells, config, metadata, store, synth
+from rcic import cells, config, metadata, packing, synth
 from rcic.store import SiteStore
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -51,7 +51,7 @@ def main() -> None:
         synth.generate(data, "demo", seed=0)
     sites = metadata.load_metadata(data)
     if not (site_dir / "store.json").exists():
-        store.pack(data, sites, site_dir)
+        packing.pack(data, sites, site_dir)
     t0 = time.perf_counter()
     if not (cell_dir / "store.json").exists():
         cells.pack_cells(site_dir, cell_dir, cells.CellFinder(crop=CROP), progress=False)

@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from rcic import embed_pipeline, metadata, predict, submit
+from rcic import embed_pipeline, metadata, submit
 
 CORRECTIONS = [
     ["none"],
@@ -43,18 +43,16 @@ def main() -> None:
     sites = metadata.load_metadata(data)
     for split, name in (("0", "fold.npz"), ("test", "test.npz")):
         if not (work / name).exists():
-            predict.embed_run(
+            embed_pipeline.embed_run(
                 run, sites, store, split, work / name, checkpoint="last", progress=False
             )
     rows = {"CNN head (model-0)": stages([run / "logits-test.npz"], data, work / "cnn.csv")}
     print(
-        f"{'method':42} {'ensemble':>9} {'groups':>9} {'assign':>9}   leave-one-experiment-out on fold 0"
+        f"{'method':42} {'ensemble':>9} {'groups':>9} {'wells':>9}   leave-one-experiment-out on fold 0"
     )
     print(
         f"{'CNN head (model-0)':42} "
-        + " ".join(
-            f"{rows['CNN head (model-0)'][s]:9.3f}" for s in ("ensemble", "groups", "assign")
-        )
+        + " ".join(f"{rows['CNN head (model-0)'][s]:9.3f}" for s in ("ensemble", "groups", "wells"))
     )
     best, best_cv, best_name = None, -1.0, ""
     for head in ("centroid", "linear"):
@@ -67,7 +65,7 @@ def main() -> None:
             rows[name] = stages([out], data, work / "head.csv")
             print(
                 f"{name:42} "
-                + " ".join(f"{rows[name][s]:9.3f}" for s in ("ensemble", "groups", "assign"))
+                + " ".join(f"{rows[name][s]:9.3f}" for s in ("ensemble", "groups", "wells"))
                 + f"   {cv:.3f}",
                 flush=True,
             )
@@ -76,13 +74,13 @@ def main() -> None:
     print(
         f"chosen on fold 0 by leave-one-experiment-out: {best_name} (cv {best_cv:.3f}); "
         f"on the test experiments: "
-        + " ".join(f"{s} {rows[best_name][s]:.3f}" for s in ("ensemble", "groups", "assign"))
+        + " ".join(f"{s} {rows[best_name][s]:.3f}" for s in ("ensemble", "groups", "wells"))
     )
     ens = stages([run / "logits-test.npz", best], data, work / "ens.csv")
     rows[f"CNN + {best.stem}"] = ens
     print(
         f"{'CNN + ' + best.stem:42} "
-        + " ".join(f"{ens[s]:9.3f}" for s in ("ensemble", "groups", "assign"))
+        + " ".join(f"{ens[s]:9.3f}" for s in ("ensemble", "groups", "wells"))
     )
     (work / "results.json").write_text(json.dumps(rows, indent=1))
 

@@ -24,9 +24,9 @@ import torch
 
 from rcic import config
 from rcic.data import BatchTransform, SiteDataset, collate_batch
-from rcic.inference import autocast, resolve_device
 from rcic.models import build_model, compute_loss
 from rcic.store import SiteStore
+from rcic.tta import autocast, resolve_device
 
 
 def _sync(dev: torch.device) -> None:

@@ -39,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from rcic import layout, metadata, plates, rules
-from rcic.submit import SubmitOptions, calibrate_plates, make_submission
+from rcic.plates import calibrate_plates
+from rcic.submit import SubmitOptions, make_submission
 
 SIGNALS = (1.0, 2.0, 3.0, 4.0, 5.0)
 BIASES = (0.0, 0.7)

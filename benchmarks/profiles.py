@@ -24,7 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from rcic import __version__, baselines, config, metadata, predict, profiles, store, synth, train
+from rcic import (
+    __version__,
+    baselines,
+    config,
+    embed_pipeline,
+    metadata,
+    packing,
+    profiles,
+    store,
+    synth,
+    train,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CORRECTIONS = ("none", "standardize", "spherize")
@@ -69,7 +80,9 @@ def cnn_tables(work: Path, seed: int, sites, labelled, st: Path) -> list[Path]:
     for name, split in (("fold", "0"), ("test", "test")):
         path = run / f"embed-{name}.parquet"
         if not path.exists():
-            predict.embed_run(run, labelled, st, split, path, checkpoint="last", progress=False)
+            embed_pipeline.embed_run(
+                run, labelled, st, split, path, checkpoint="last", progress=False
+            )
         out.append(path)
     return out
 
@@ -85,7 +98,7 @@ def main() -> None:
     if not (data / "test_labels.csv").exists():
         synth.generate(data, "demo", 0)
     sites = metadata.load_metadata(data)
-    store.pack(data, sites, st)
+    packing.pack(data, sites, st)
     labelled, truth = synth.with_test_labels(sites, data), data / "synth.json"
     rows = {"hand-crafted features": score(
         [feature_table(data, st, labelled, args.work / "features.parquet")],

@@ -100,7 +100,7 @@ def main() -> None:
     )
     for name, per_seed in rows.items():
         cells = []
-        for stage in ("ensemble", "groups", "assign"):
+        for stage in ("ensemble", "groups", "wells"):
             v = np.array([r[stage] for r in per_seed])
             cells.append(f"{v.mean():12.3f} +- {v.std(ddof=1) if len(v) > 1 else 0:.3f}")
         print(f"{name:12} " + " ".join(cells))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcic import config, metadata, predict, runs, samples, store, synth, train
+from rcic import config, metadata, packing, predict, runs, samples, synth, train
 from rcic.metrics import treatment_argmax
 from rcic.store import SiteStore
 
@@ -86,7 +86,7 @@ def main() -> None:
         synth.generate(data, "demo", seed=args.screen_seed)
     sites = metadata.load_metadata(data)
     if not (st_path / "store.json").exists():
-        store.pack(data, sites, st_path)
+        packing.pack(data, sites, st_path)
     labelled = synth.with_test_labels(sites, data)
     st = SiteStore(st_path)
     base = config.load_config(DEMO, ["fold=0"])

@@ -69,8 +69,8 @@ def run_chain(work: Path, args, fraction: float, layout_dir: Path | None) -> lis
     cli = [py, "-m", "rcic.cli"]
     steps = {
         "synth (noise PNGs)": [py, "-c", gen, str(data), ",".join(exps)],
-        "check --images": [*cli, "check", "--images", str(data), "--workers", "2"],
-        "prepare": [*cli, "prepare", str(data), "--out", str(store), "--workers", "2"],
+        "check --images": [*cli, "check", "--images", "--data", str(data), "--workers", "2"],
+        "prepare": [*cli, "prepare", "--data", str(data), "--out", str(store), "--workers", "2"],
         "train (1 epoch)": [
             *cli, "train", "--data", str(data), "--store", str(store), "--out", str(run),
             "backbone=resnet18", f"image_size={args.size}", "epochs=1", "batch_size=256",
@@ -81,7 +81,7 @@ def run_chain(work: Path, args, fraction: float, layout_dir: Path | None) -> lis
             "--views", str(args.views), "--out", str(run / "test.npz"), "--batch-size", "512",
         ],
         "submit": [
-            *cli, "submit", "--logits", str(run / "test.npz"), "--metadata", str(data),
+            *cli, "submit", "--logits", str(run / "test.npz"), "--data", str(data),
             "--out", str(run / "submission.csv"),
         ],
         "report": [*cli, "report", str(run), "--out", str(work / "report.html")],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcic import images, metadata, store, synth
+from rcic import images, metadata, packing, store, synth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "rxrx1" / "images"
 
@@ -44,11 +44,11 @@ def main() -> None:
     png = rate(lambda k: images.load_site(data, *k), keys)
     print(f"sites: {len(keys)} synthetic sites of 6 x 512 x 512 uint8")
     print(f"PNG decode (6 files per site):  {png:8.1f} sites/s")
-    for size, comp in [(z, c) for z in args.sizes for c in store.COMPRESSIONS]:
+    for size, comp in [(z, c) for z in args.sizes for c in packing.COMPRESSIONS]:
         out = args.work / f"store-{comp}-{size}"
         if not (out / "store.json").exists():
             t0 = time.perf_counter()
-            store.pack(data, sites, out, compression=comp, size=size)
+            packing.pack(data, sites, out, compression=comp, size=size)
             took = time.perf_counter() - t0
             print(
                 f"  packed {len(sites)} sites ({comp}, {size} px) in {took:.1f} s with all cores: "

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rcic import baselines, cells, config, metadata, store, synth
+from rcic import baselines, cells, config, metadata, packing, store, synth
 
 CELL_CROP = 32  # the demo preset's cells are about 30 px across (benchmarks/cells.py uses the same)
 ALIGN = "front"  # as benchmarks/cells.py
@@ -48,7 +48,7 @@ def screen(work: Path, preset: str, seed: int) -> tuple[Path, pd.DataFrame, Path
         print(f"generated the {preset} screen (seed {seed}) in {time.perf_counter() - t0:.1f} s")
     sites = metadata.load_metadata(data)
     if not (st / "store.json").exists():
-        store.pack(data, sites, st)
+        packing.pack(data, sites, st)
     return data, sites, st
 
 
@@ -192,7 +192,7 @@ def main() -> None:
             {
                 "best recipe single model >= 3x the best baseline": single >= 3 * best,
                 f"trained in <= {MAX_MINUTES} min": cnn[top]["train_minutes"] <= MAX_MINUTES,
-                "plate groups add, then the well decision": s["assign"] > s["groups"] > single,
+                "plate groups add, then the well decision": s["wells"] > s["groups"] > single,
             }
         )
     for name, ok in checks.items():

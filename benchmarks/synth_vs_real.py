@@ -66,7 +66,7 @@ def real_sites(shared: Path) -> dict[str, np.ndarray]:
 
 def synthetic_sites(ct: str, n: int, seed: int = 0) -> list[np.ndarray]:
     spec = synth.PRESETS["rxrx1"]
-    pheno = synth.sirna_phenotypes(spec, seed)
+    pheno = cellsim.sirna_phenotypes(spec.strength, spec.n_pathways, seed)
     sites = []
     for k in range(n):
         exp = f"{ct}-{k + 1:02d}"

@@ -40,7 +40,7 @@ def prepare(work: Path) -> tuple[Path, Path]:
     if not cells.exists():
         steps = [
             ["synth", str(screen), "--preset", "tiny", "--seed", "0"],
-            ["prepare", str(screen), "--out", str(sites)],
+            ["prepare", "--data", str(screen), "--out", str(sites)],
             ["cells", "--store", str(sites), "--out", str(cells), "--crop", "16"],
         ]
         for step in steps:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from rcic import config, metadata, samples, store, synth, train
-from rcic.inference import autocast
+from rcic import config, metadata, packing, samples, store, synth, train
 from rcic.models import build_model, compute_loss
+from rcic.tta import autocast
 
 
 def bare_loop(cfg: config.TrainConfig, n_images: int, size: int) -> float:
@@ -61,7 +61,7 @@ def main() -> None:
     for size in args.sizes:
         st = args.work / f"store{size}"
         if not (st / "store.json").exists():
-            store.pack(data, sites, st, size=size)
+            packing.pack(data, sites, st, size=size)
         cfg = config.TrainConfig(backbone=args.backbone, batch_size=64, epochs=2, fold=0)
         run = args.work / f"run{size}"
         train.train(cfg, sites, st, run, progress=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rcic import cli, metadata, store, synth
+from rcic import cli, metadata, packing, synth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "rxrx1"
 
@@ -33,7 +33,7 @@ def tiny_sites(tiny_screen):
 @pytest.fixture(scope="session")
 def tiny_store(tiny_screen, tiny_sites, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("store") / "store"
-    store.pack(tiny_screen, tiny_sites, out, workers=1)
+    packing.pack(tiny_screen, tiny_sites, out, workers=1)
     return out
 
 

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from rcic import cli
@@ -28,15 +30,25 @@ def test_subcommand_help(command, capsys):
 
 
 def test_check_passes_on_synthetic_and_reports_bad_input(tiny_screen, tmp_path, capsys):
-    assert cli.main(["check", str(tiny_screen)]) == 0
+    assert cli.main(["check", "--data", str(tiny_screen)]) == 0
     assert "[FAIL]" not in capsys.readouterr().out
-    assert cli.main(["check", str(tmp_path)]) == 2
+    assert cli.main(["check", "--data", str(tmp_path)]) == 2
     assert "no metadata.csv" in capsys.readouterr().err
 
 
 def test_console_script_runs(tiny_screen):
     out = subprocess.run(
-        [sys.executable, "-m", "rcic.cli", "check", str(tiny_screen), "--images", "--workers", "1"],
+        [
+            sys.executable,
+            "-m",
+            "rcic.cli",
+            "check",
+            "--data",
+            str(tiny_screen),
+            "--images",
+            "--workers",
+            "1",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -63,18 +75,18 @@ def test_a_bug_is_not_hidden_as_a_message(monkeypatch):
 
     monkeypatch.setattr(metadata, "load_metadata", broken)
     with pytest.raises(ValueError, match="internal bug"):
-        cli.main(["check", "."])
+        cli.main(["check", "--data", "."])
 
 
-def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
-    """The README's "From Python" example, as written there."""
+def test_python_example_in_the_docs_runs(tmp_path, monkeypatch, capsys):
+    """The "From Python" example of docs/plates.md, as written there."""
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("### From Python", 1)[1]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "plates.md").read_text()
+    section = page.split("## From Python", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "docs/plates.md", "exec"), {})
     out = capsys.readouterr().out
     assert "id_code" in out and "sirna" in out
 
@@ -107,10 +119,49 @@ def test_every_list_option_adds_when_repeated():
         found[f"{command} {action.option_strings[0]}"] = True
     assert all(found.values()), found
     parse = cli.build_parser().parse_args
-    args = parse(["submit", "--logits", "a.npz", "--logits", "b.npz", "c.npz", "--metadata", "m", "--out", "s.csv",
+    args = parse(["submit", "--logits", "a.npz", "--logits", "b.npz", "c.npz", "--data", "m", "--out", "s.csv",
                   "--weights", "1", "--weights", "2", "3"])  # fmt: skip
     assert args.logits == [Path("a.npz"), Path("b.npz"), Path("c.npz")]
     assert args.weights == [1.0, 2.0, 3.0]
     pseudo = ["pseudo", "--run", "r", "--data", "d", "--store", "s", "--out", "o"]
     assert parse([*pseudo, "--fractions", "0.2", "--fractions", "0.5"]).fractions == [0.2, 0.5]
     assert parse(pseudo).fractions is None  # pseudo_rounds' own default
+
+
+def test_version_is_the_installed_one(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rcic {version('rcic')}"
+
+
+def test_old_spellings_of_the_dataset_folder_work_with_a_warning(tiny_screen, tmp_path, caplog):
+    """--data in every command; check's positional folder and submit's --metadata are kept for one
+    release, each with a deprecation warning, and a command without any is refused by name."""
+    from rcic.logitsfile import write_logits
+
+    assert cli.main(["check", str(tiny_screen)]) == 0
+    assert "deprecated: use --data" in caplog.text
+    caplog.clear()
+    assert cli.main(["check", "--data", str(tiny_screen)]) == 0
+    assert "deprecated" not in caplog.text
+    test = pd.read_csv(tiny_screen / "test.csv")
+    logits = write_logits(tmp_path / "l.npz", test.id_code, np.zeros((len(test), 1139), "float32"))
+    outs = []
+    for flag in ("--metadata", "--data"):
+        out = tmp_path / flag.strip("-") / "s.csv"
+        assert (
+            cli.main(["submit", "--logits", str(logits), flag, str(tiny_screen), "--out", str(out)])
+            == 0
+        )
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert "--metadata" in caplog.text and "deprecated" in caplog.text
+    assert cli.main(["prepare", "--out", str(tmp_path / "store")]) == 2
+    assert cli.main(["check", "--data", str(tiny_screen), str(tmp_path)]) == 2  # two folders
+    caplog.clear()
+    assert cli.main(["submit", "--logits", str(logits), "--data", str(tiny_screen), "--out",
+                     str(tmp_path / "x.csv"), "--stages", "ensemble,groups,assign"]) == 0  # fmt: skip
+    assert "--stages assign is deprecated" in caplog.text

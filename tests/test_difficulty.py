@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rcic import baselines, cellsim, metadata, store, synth
+from rcic import baselines, cellsim, metadata, packing, synth
 from rcic.store import SiteStore
 
 # the demo's generator settings on fewer experiments (8 train, 4 test): about 30 s to make
@@ -65,7 +65,7 @@ def test_the_audit_catches_an_undamped_dimension(monkeypatch):
 def _best_baseline(root) -> tuple[float, dict]:
     sites = metadata.load_metadata(root)
     st = root.parent / f"{root.name}-store"
-    store.pack(root, sites, st, workers=2)
+    packing.pack(root, sites, st, workers=2)
     labels = pd.read_csv(root / "test_labels.csv").set_index("id_code")["sirna"]
     hidden = sites["id_code"].isin(labels.index)
     sites.loc[hidden, "sirna"] = sites.loc[hidden, "id_code"].map(labels)

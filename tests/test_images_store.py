@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from rcic import images, layout, store
+from rcic import images, layout, packing, store
 from rcic.images import ImageReadError, load_site
 
 from .conftest import SHARED
@@ -85,7 +85,7 @@ def test_resume_after_interrupted_prepare(
     tiny_screen, tiny_sites, tiny_store, tmp_path, monkeypatch
 ):
     calls = {"n": 0}
-    real_batch = store._pack_batch
+    real_batch = packing._pack_batch
 
     def dying_batch(job):
         calls["n"] += 1
@@ -93,14 +93,14 @@ def test_resume_after_interrupted_prepare(
             raise KeyboardInterrupt  # the user pressed Ctrl-C mid-run
         return real_batch(job)
 
-    monkeypatch.setattr(store, "_pack_batch", dying_batch)
+    monkeypatch.setattr(packing, "_pack_batch", dying_batch)
     with pytest.raises(KeyboardInterrupt):
-        store.pack(tiny_screen, tiny_sites, tmp_path / "st", workers=1)
+        packing.pack(tiny_screen, tiny_sites, tmp_path / "st", workers=1)
     with pytest.raises(store.StoreError, match="did not finish"):
         store.SiteStore(tmp_path / "st")
-    monkeypatch.setattr(store, "_pack_batch", real_batch)
-    result = store.pack(tiny_screen, tiny_sites, tmp_path / "st", workers=1)
-    assert result.skipped == 2 * store._BATCH and result.failed == 0
+    monkeypatch.setattr(packing, "_pack_batch", real_batch)
+    result = packing.pack(tiny_screen, tiny_sites, tmp_path / "st", workers=1)
+    assert result.skipped == 2 * packing._BATCH and result.failed == 0
     assert result.packed + result.skipped == len(tiny_sites)
     a, b = store.SiteStore(tmp_path / "st"), store.SiteStore(tiny_store)
     np.testing.assert_array_equal(
@@ -116,18 +116,18 @@ def test_unreadable_site_is_listed_not_fatal(tiny_screen, tiny_sites, tmp_path):
     (
         data / r.split / r.experiment / f"Plate{r.plate}" / layout.png_name(r.well, r.site, 6)
     ).unlink()
-    result = store.pack(data, tiny_sites, tmp_path / "st", workers=2)
+    result = packing.pack(data, tiny_sites, tmp_path / "st", workers=2)
     assert result.failed == 1
     failed = pd.read_csv(tmp_path / "st" / "failed.csv")
     assert failed.id_code.tolist() == [r.id_code] and "w6.png" in failed.reason.iloc[0]
     assert store.SiteStore(tmp_path / "st").packed.sum() == len(tiny_sites) - 1
     with pytest.raises(store.StoreError, match="--strict"):
-        store.pack(data, tiny_sites, tmp_path / "st2", workers=1, strict=True)
+        packing.pack(data, tiny_sites, tmp_path / "st2", workers=1, strict=True)
 
 
 def test_store_rejects_other_dataset(tiny_screen, tiny_sites, tiny_store):
     with pytest.raises(store.StoreError, match="different store"):
-        store.pack(tiny_screen, tiny_sites.iloc[:20], tiny_store, workers=1)
+        packing.pack(tiny_screen, tiny_sites.iloc[:20], tiny_store, workers=1)
     st = store.SiteStore(tiny_store)
     other = tiny_sites.iloc[:3].assign(id_code="X-01_1_B02")
     with pytest.raises(store.StoreError, match="does not match"):
@@ -136,7 +136,7 @@ def test_store_rejects_other_dataset(tiny_screen, tiny_sites, tiny_store):
 
 def test_compressed_store_round_trip(tiny_screen, tiny_sites, tiny_store, tmp_path):
     sub = tiny_sites.iloc[:40]
-    store.pack(tiny_screen, sub, tmp_path / "z", workers=1, compression="zstd", size=16)
+    packing.pack(tiny_screen, sub, tmp_path / "z", workers=1, compression="zstd", size=16)
     z = store.SiteStore(tmp_path / "z")
     assert z.read(0).shape == (6, 16, 16)
     full = store.SiteStore(tiny_store).read(0).astype(float)
@@ -162,7 +162,7 @@ def test_check_images_names_rgb_and_wrong_size_pngs(tiny_screen, tiny_sites, tmp
     from rcic import cli
 
     data, rgb, b = _broken_copy(tiny_screen, tiny_sites, tmp_path)
-    assert cli.main(["check", str(data), "--images", "--workers", "1"]) == 1
+    assert cli.main(["check", "--data", str(data), "--images", "--workers", "1"]) == 1
     out = capsys.readouterr().out
     assert f"{rgb}: a colour image" in out
     odd = layout.png_name(b.well, b.site, 1)
@@ -172,7 +172,7 @@ def test_check_images_names_rgb_and_wrong_size_pngs(tiny_screen, tiny_sites, tmp
 def test_strict_prepare_names_the_files_and_reasons(tiny_screen, tiny_sites, tmp_path):
     data, rgb, _ = _broken_copy(tiny_screen, tiny_sites, tmp_path)
     with pytest.raises(store.StoreError) as err:
-        store.pack(data, tiny_sites, tmp_path / "st", workers=1, strict=True)
+        packing.pack(data, tiny_sites, tmp_path / "st", workers=1, strict=True)
     assert f"{rgb}: a colour image" in str(err.value) and "--strict" in str(err.value)
 
 
@@ -182,12 +182,12 @@ def test_full_disk_is_named_and_the_rerun_finishes_the_same_store(
     mnt, grow = small_disk
     # uncompressed: the size is known, so prepare refuses before writing
     with pytest.raises(store.StoreError, match=r"needs about .* MiB but only .* MiB is free"):
-        store.pack(tiny_screen, tiny_sites, mnt / "raw", workers=1)
+        packing.pack(tiny_screen, tiny_sites, mnt / "raw", workers=1)
     # compressed: the size is not known; the disk fills while packing
     with pytest.raises(store.StoreError, match=r"the disk is full .* run `rcic prepare` again"):
-        store.pack(tiny_screen, tiny_sites, mnt / "z", workers=1, compression="zstd")
+        packing.pack(tiny_screen, tiny_sites, mnt / "z", workers=1, compression="zstd")
     grow()
-    store.pack(tiny_screen, tiny_sites, mnt / "z", workers=1, compression="zstd")
+    packing.pack(tiny_screen, tiny_sites, mnt / "z", workers=1, compression="zstd")
     done, ref = store.SiteStore(mnt / "z"), store.SiteStore(tiny_store)
     assert done.packed.all()
     idx = np.arange(len(tiny_sites))
@@ -199,7 +199,16 @@ def test_parts_packed_on_several_machines_equal_one_pass(
 ):
     out = tmp_path / "st"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "rcic.cli", "prepare", str(tiny_screen), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rcic.cli",
+        "prepare",
+        "--data",
+        str(tiny_screen),
+        "--out",
+        str(out),
+    ]
     # parts 2 and 3 at once, as two machines would (one creates the store, the other waits)
     procs = [
         subprocess.Popen(
@@ -211,11 +220,11 @@ def test_parts_packed_on_several_machines_equal_one_pass(
         assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
     with pytest.raises(store.StoreError, match="did not finish"):
         store.SiteStore(out)  # part 1 has not run
-    masks = [store.part_mask(tiny_sites.reset_index(drop=True), (k, 3)) for k in (1, 2, 3)]
+    masks = [packing.part_mask(tiny_sites.reset_index(drop=True), (k, 3)) for k in (1, 2, 3)]
     assert np.array_equal(
         sum(m.astype(int) for m in masks), np.ones(len(tiny_sites))
     )  # a partition
-    result = store.pack(tiny_screen, tiny_sites, out, workers=1, part=(1, 3))
+    result = packing.pack(tiny_screen, tiny_sites, out, workers=1, part=(1, 3))
     assert result.packed == masks[0].sum()
     a, b = store.SiteStore(out), store.SiteStore(tiny_store)
     idx = np.arange(len(tiny_sites))

@@ -69,7 +69,7 @@ def _said(text: str) -> Callable[[Path], bool]:
 def test_prepare_killed_then_rerun_gives_the_same_store(tiny_screen, tiny_store, tmp_path, seed):
     delay = random.Random(seed).uniform(0.05, 0.4)
     out = tmp_path / "st"
-    argv = ["prepare", tiny_screen, "--out", out, "--workers", "1"]
+    argv = ["prepare", "--data", tiny_screen, "--out", out, "--workers", "1"]
     status = kill_when(argv, tmp_path, _said("packing sites"), delay)
     assert status == -signal.SIGKILL
     with pytest.raises(StoreError, match="did not finish"):
@@ -133,7 +133,7 @@ def test_submit_killed_leaves_nothing_and_rerun_matches(tiny_screen, tmp_path):
     z = np.random.default_rng(0).normal(size=(len(test), 1139)).astype(np.float32)
     logits = write_logits(tmp_path / "l.npz", test.id_code, z)
     delay = random.Random(3).uniform(0.0, 0.3)
-    argv = ["submit", "--logits", logits, "--metadata", tiny_screen]
+    argv = ["submit", "--logits", logits, "--data", tiny_screen]
     run_to_end([*argv, "--out", tmp_path / "ref" / "submission.csv"], tmp_path)
     out = tmp_path / "cut" / "submission.csv"
     status = kill_when([*argv, "--out", out], tmp_path, _said("read kaggle metadata"), delay)

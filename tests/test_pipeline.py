@@ -66,7 +66,7 @@ def test_plate_stages_keep_accuracy_and_one_sirna_per_plate(
         cli.main(["predict", *common, "--split", "test", "--out", str(test_npz)])
     sub = tmp_path / "submission.csv"
     labels = str(tiny_screen / "test_labels.csv")
-    args = ["submit", "--logits", str(test_npz), "--metadata", str(tiny_screen), "--out", str(sub),
+    args = ["submit", "--logits", str(test_npz), "--data", str(tiny_screen), "--out", str(sub),
             "--labels", labels, "--well-method", "assign", "--calibrate", "off"]  # fmt: skip
     assert cli.main(args) == 0
     stages = json.loads((tmp_path / "stages.json").read_text())["stages"]
@@ -90,9 +90,9 @@ def test_plate_stages_keep_accuracy_and_one_sirna_per_plate(
     plate = chosen.id_code.str.rsplit("_", n=1).str[0]
     assert not chosen.assign(plate=plate).duplicated(["plate", "sirna"]).any()
     out = capsys.readouterr().out
-    assert "ensemble" in out and "assign" in out
+    assert "ensemble" in out and "wells" in out
     assert cli.main(["evaluate", "--submission", str(sub), "--labels", labels]) == 0
-    assert f"overall {acc['assign']:.4f}" in capsys.readouterr().out
+    assert f"overall {acc['wells']:.4f}" in capsys.readouterr().out
 
 
 def test_pseudo_label_rounds_grow_and_respect_plates(trained, tiny_screen, tiny_store, tmp_path):

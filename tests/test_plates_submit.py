@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rcic import layout, metadata, plates, rules, submit
+from rcic import layout, metadata, metrics, plates, rules, submit
 from rcic.logitsfile import LogitsError, read_logits, write_logits
 
 from .conftest import shared_or_skip
@@ -173,9 +173,9 @@ def test_submission_and_stage_scores(tiny_screen, tmp_path):
         .all()
     )
     s = {k: v["overall"] for k, v in res.scores.items()}
-    assert s["ensemble"] < s["groups"] <= s["assign"]
+    assert s["ensemble"] < s["groups"] <= s["wells"]
     report = json.loads((tmp_path / "stages.json").read_text())
-    assert set(report["stages"]) == {"ensemble", "groups", "assign"}
+    assert set(report["stages"]) == {"ensemble", "groups", "wells"}
     single = submit.run_submit(
         [tmp_path / "a.npz"],
         tiny_screen,
@@ -187,8 +187,8 @@ def test_submission_and_stage_scores(tiny_screen, tmp_path):
         single.scores["ensemble"]["overall"] < s["ensemble"] + 0.2
     )  # the ensemble of two is not worse by much
     assert set(single.scores) == {"ensemble"}
-    table = submit.evaluate(tmp_path / "sub.csv", tiny_screen / "test_labels.csv")
-    assert table["overall"] == pytest.approx(s["assign"])
+    table = metrics.evaluate(tmp_path / "sub.csv", tiny_screen / "test_labels.csv")
+    assert table["overall"] == pytest.approx(s["wells"])
     assert set(table["plate"]) == {
         f"{e}_{p}"
         for e, p in test[["experiment", "plate"]].drop_duplicates().itertuples(index=False)
@@ -309,7 +309,7 @@ def test_one_per_plate_decisions_never_repeat_an_sirna(tiny_screen, method):
         post = plates.postprocess(
             lp, test.experiment.to_numpy(), test.plate.to_numpy(), pg, well_method=method
         )
-        frame = test[["experiment", "plate"]].assign(sirna=post.stages["assign"])
+        frame = test[["experiment", "plate"]].assign(sirna=post.stages["wells"])
         assert not frame.duplicated().any(), (method, signal)
     assert "one siRNA per well per plate" in plates.WELL_DECISIONS[method]
     assert "may repeat" in plates.WELL_DECISIONS["sinkhorn"]
@@ -392,7 +392,7 @@ def test_make_submission_works_in_memory(tiny_screen):
         lp, test, pg, submit.SubmitOptions(well_method="assign"), truth=labels
     )
     assert list(res.submission.id_code) == list(test.id_code)
-    assert res.scores["assign"]["overall"] >= res.scores["ensemble"]["overall"]
+    assert res.scores["wells"]["overall"] >= res.scores["ensemble"]["overall"]
     for (_, _), sub in res.submission.assign(
         exp=test.experiment.values, plate=test.plate.values
     ).groupby(["exp", "plate"]):

@@ -140,7 +140,7 @@ def test_importing_pycytominer_leaves_other_commands_unchanged(tiny_screen, tmp_
     outs = []
     for k, pre in enumerate(("", "import pycytominer; ")):
         sub = tmp_path / str(k) / "submission.csv"
-        argv = ["submit", "--logits", str(logits), "--metadata", str(tiny_screen), "--out",
+        argv = ["submit", "--logits", str(logits), "--data", str(tiny_screen), "--out",
                 str(sub), "--labels", str(tiny_screen / "test_labels.csv")]  # fmt: skip
         code = f"{pre}import sys; from rcic import cli; sys.exit(cli.main({argv!r}))"
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -7,6 +7,8 @@ import pytest
 
 from rcic import cellsim, layout, metadata, rules, synth
 
+DEMO = synth.PRESETS["demo"]
+
 
 def _full_wells(screen):
     """All wells with the hidden test labels joined back in (the generator's truth)."""
@@ -121,7 +123,7 @@ def test_images_are_dark_cells_with_phenotypes(tiny_screen, tiny_sites):
 
 
 def test_phenotypes_structure():
-    ph = synth.sirna_phenotypes(synth.PRESETS["demo"], seed=0)
+    ph = cellsim.sirna_phenotypes(DEMO.strength, DEMO.n_pathways, seed=0)
     nt, neg = layout.N_TREATMENTS, layout.NEGATIVE_ID
     assert ph.effect.shape == (len(cellsim.CELL_TYPES), layout.N_CLASSES, cellsim.N_DIMS)
     assert np.all(ph.effect[:, neg] == 0) and ph.penetrance[neg] == 0
@@ -147,7 +149,7 @@ def test_phenotypes_structure():
 def _render(
     sirna: int, cell_type: str = "HUVEC", well: str = "E10", exp: str = "HUVEC-01", n: int = 6
 ):
-    ph = synth.sirna_phenotypes(synth.PRESETS["demo"], seed=0)
+    ph = cellsim.sirna_phenotypes(DEMO.strength, DEMO.n_pathways, seed=0)
     batch = cellsim.plate_batch(0, exp, 1)
     cond = cellsim.well_conditions(0, exp, 1, well, sirna, cell_type, ph, batch)
     return np.stack(
@@ -161,7 +163,7 @@ def test_batch_effects_go_beyond_gain_and_offset():
     assert a.pheno_scale != b.pheno_scale and not np.allclose(a.pheno_shift, b.pheno_shift)
     c = cellsim.plate_batch(0, "HUVEC-01", 2)  # same experiment, another plate
     assert np.allclose(a.gamma, c.gamma) and not np.allclose(a.field, c.field)
-    ph = synth.sirna_phenotypes(synth.PRESETS["demo"], seed=0)
+    ph = cellsim.sirna_phenotypes(DEMO.strength, DEMO.n_pathways, seed=0)
     edge = cellsim.well_conditions(0, "HUVEC-01", 1, "B05", 3, "HUVEC", ph, a)
     inner = cellsim.well_conditions(0, "HUVEC-01", 1, "H12", 3, "HUVEC", ph, a)
     assert edge.density / inner.density < 1.0 / a.edge_density * 1.5  # outer wells sparser...
@@ -176,7 +178,7 @@ def test_batch_effects_go_beyond_gain_and_offset():
 def test_phenotype_shows_in_shape_not_in_channel_means():
     """A strong siRNA changes the images, but its channel means stay within the spread that
     nuisance alone gives between wells of the negative control."""
-    ph = synth.sirna_phenotypes(synth.PRESETS["demo"], seed=0)
+    ph = cellsim.sirna_phenotypes(DEMO.strength, DEMO.n_pathways, seed=0)
     nt = layout.N_TREATMENTS
     strong = int(np.argmax(np.where(np.arange(layout.N_CLASSES) < nt, ph.strength, 0)))
     wells = ("C04", "E10", "G15", "J20", "L06", "N13")

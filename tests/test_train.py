@@ -12,13 +12,13 @@ from rcic import (
     config,
     data,
     distributed,
-    inference,
     layout,
     metadata,
     models,
     runs,
     samples,
     train,
+    tta,
 )
 from rcic.config import ConfigError
 from rcic.errors import InputError
@@ -113,12 +113,10 @@ def test_deterministic_training_gives_the_same_bits_when_two_share_the_cores(
 
 def test_bf16_only_where_asked_and_not_on_a_deterministic_cpu_run():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert inference.use_bf16(cpu, amp=True, deterministic=False)
-    assert not inference.use_bf16(cpu, amp=True, deterministic=True)
-    assert not inference.use_bf16(cpu, amp=False, deterministic=False)
-    assert inference.use_bf16(
-        gpu, amp=True, deterministic=True
-    )  # CUDA kernels have their own switch
+    assert tta.use_bf16(cpu, amp=True, deterministic=False)
+    assert not tta.use_bf16(cpu, amp=True, deterministic=True)
+    assert not tta.use_bf16(cpu, amp=False, deterministic=False)
+    assert tta.use_bf16(gpu, amp=True, deterministic=True)  # CUDA kernels have their own switch
 
 
 def test_threads_follow_the_cores_given(monkeypatch):

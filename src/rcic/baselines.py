@@ -193,10 +193,16 @@ def leak_audit(
     with ordered_map(_audit_part, jobs, workers) as results:
         done = list(results)  # per cell type, its parts of the dims in order
     per_type = [done[i : i + len(parts)] for i in range(0, len(done), len(parts))]
-    shift = np.stack([np.concatenate([r[0] for r in rows]) for rows in per_type])
-    se = np.stack(
-        [np.concatenate([r[1] for r in rows]) for rows in per_type]
+    shift, se = (
+        np.stack([np.concatenate([r[j] for r in rows]) for rows in per_type]) for j in (0, 1)
     )  # (types, dims, stats)
+    return _audit_rows(chosen, amplitude, shift, se, cell_types)
+
+
+def _audit_rows(chosen, amplitude, shift, se, cell_types) -> pd.DataFrame:
+    """One row per audited dimension: the statistic and cell type with its largest bound."""
+    from rcic import cellsim
+
     bound = shift - 2 * se
     rows = []
     for k, d in enumerate(chosen):

@@ -6,7 +6,7 @@ sample, centred and at the scale of its structures. This is how profiling tools 
 work (DeepProfiler, for one: crops around nuclei, a CNN trained to name the treatment, features
 averaged per well); rcic's version keeps everything else of the chain unchanged:
 
-    rcic prepare DATA --out STORE            whole sites, with per-plate statistics
+    rcic prepare --data DATA --out STORE     whole sites, with per-plate statistics
     rcic cells --store STORE --out CELLS     one row per cell: same columns + cell, y, x
     rcic train --store CELLS ...             samples are cells; validation and `rcic predict`
                                              combine each well's cells as they combine its sites
@@ -211,20 +211,7 @@ def _cut(st: SiteStore, tmp: Path, finder: CellFinder, progress: bool) -> pd.Dat
             writer.add(np.zeros((1, len(layout.CHANNELS), finder.crop, finder.crop), np.uint8))
             continue
         image = st.read(site["idx"])
-        plate = stats[(site["experiment"], int(site["plate"]))]
-        mean, std = plate[:, 0], plate[:, 1]
-        dna = (image[0].astype(np.float32) - mean[0]) / max(float(std[0]), 1e-3)
-        rng = np.random.default_rng([int(site["idx"]), 7])
-        centres = find_nuclei(dna, finder, rng)
-        if len(centres) == 0:  # no nucleus found: the site's centre stands for it
-            centres = np.array([[image.shape[1] // 2, image.shape[2] // 2]])
-        fill = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
-        crops = crop_cells(image, centres, finder.window, fill)
-        turns = [(0.0, False)] * len(crops)
-        if finder.align != "none":
-            aligned = [align_crop(c, finder.crop, finder.align == "front") for c in crops]
-            crops = np.stack([a[0] for a in aligned])
-            turns = [a[1:] for a in aligned]
+        centres, crops, turns = _site_cells(image, site, stats, finder)
         writer.add(crops)
         for k, ((y, x), (angle, mirrored)) in enumerate(zip(centres, turns, strict=True)):
             rows.append({**site.to_dict(), "cell": k, "y": int(y), "x": int(x),
@@ -253,6 +240,26 @@ def _cut(st: SiteStore, tmp: Path, finder: CellFinder, progress: bool) -> pd.Dat
     }
     atomic_text(tmp / "store.json", json.dumps(meta, indent=1))
     return index
+
+
+def _site_cells(image: np.ndarray, site, stats, finder: CellFinder):
+    """One site's nuclei (the site's centre if none is found), their crops and, when aligning,
+    each crop's turn (angle, mirrored)."""
+    plate = stats[(site["experiment"], int(site["plate"]))]
+    mean, std = plate[:, 0], plate[:, 1]
+    dna = (image[0].astype(np.float32) - mean[0]) / max(float(std[0]), 1e-3)
+    rng = np.random.default_rng([int(site["idx"]), 7])
+    centres = find_nuclei(dna, finder, rng)
+    if len(centres) == 0:  # no nucleus found: the site's centre stands for it
+        centres = np.array([[image.shape[1] // 2, image.shape[2] // 2]])
+    fill = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+    crops = crop_cells(image, centres, finder.window, fill)
+    turns = [(0.0, False)] * len(crops)
+    if finder.align != "none":
+        aligned = [align_crop(c, finder.crop, finder.align == "front") for c in crops]
+        crops = np.stack([a[0] for a in aligned])
+        turns = [a[1:] for a in aligned]
+    return centres, crops, turns
 
 
 class _CropWriter:

@@ -27,12 +27,13 @@ The steps, in order (each writes a folder or file you can inspect):
   cells     cut a store of single-cell crops around the nuclei of every site (train on cells)
   train     train a 6-channel CNN validated on held-out experiments
   predict   per-well logits with test-time augmentation over views and both sites
-  submit    ensemble logits, choose plate groups, assign one siRNA per well, write submission.csv
+  submit    ensemble logits, choose plate groups, decide each well's siRNA, write submission.csv
   evaluate  accuracy of a submission overall, per cell type, experiment and plate
   pseudo    progressive pseudo-labelling rounds (plate-consistent labels for test wells)
   embed     the model's embedding of every well (for batch correction and heads on embeddings)
   embed-head  batch-correct embeddings, fit a head on out-of-fold wells, write logits for submit
-  profiles  per-siRNA profiles and their similarity matrix
+  features  hand-crafted image features of every well, as a profile table
+  profiles  batch-corrected profiles, consensus per siRNA, activity mAP and relationship recall
   demo      the whole chain on a generated screen, in minutes on a laptop CPU
   report    an HTML report with images, curves, stage scores and plate maps
 
@@ -79,6 +80,33 @@ def cmd_synth(args) -> int:
     )
     print(f"wrote {args.preset} screen to {args.out}")
     return 0
+
+
+def _add_data_arg(p, old_positional: bool = False, old_flag: str | None = None) -> None:
+    """--data, the dataset folder, in every command; the spellings of earlier versions (a
+    positional folder in check and prepare, --metadata in submit) still work, with a warning."""
+    p.add_argument(
+        "--data", type=Path, help="dataset folder (train.csv, test.csv, ... or metadata.csv)"
+    )
+    if old_positional:
+        p.add_argument("old_data", type=Path, nargs="?", help=argparse.SUPPRESS)
+    if old_flag:
+        p.add_argument(old_flag, dest="old_data", type=Path, help=argparse.SUPPRESS)
+    p.set_defaults(
+        needs_data=True, old_spelling="a positional DATA" if old_positional else old_flag
+    )
+
+
+def _resolve_data(args) -> None:
+    """Fill args.data from an old spelling (warning), or refuse a command run without one."""
+    old = getattr(args, "old_data", None)
+    if old is not None:
+        _deprecated(f"{args.old_spelling} ({old})", f"--data {old}")
+        if args.data is not None and args.data != old:
+            raise InputError(f"two dataset folders given: --data {args.data} and {old}")
+        args.data = old
+    if getattr(args, "needs_data", False) and args.data is None:
+        raise InputError(f"rcic {args.command} needs --data DATASET_FOLDER")
 
 
 def _add_metadata_args(p) -> None:
@@ -139,7 +167,7 @@ def _add_check(sub) -> None:
         "groups, one group per plate, cyclic plate orders, controls. With --images, open every PNG and "
         "list missing or unreadable ones. Exits 1 if anything fails.",
     )
-    p.add_argument("data", type=Path, help="dataset folder")
+    _add_data_arg(p, old_positional=True)
     p.add_argument(
         "--images", action="store_true", help="also open every PNG (in parallel, with progress)"
     )
@@ -180,7 +208,7 @@ def _add_prepare(sub) -> None:
         "site), with an index and per-plate, per-channel statistics. Resumable: run it again after an "
         "interruption and it finishes the rest. Unreadable sites are listed in STORE/failed.csv.",
     )
-    p.add_argument("data", type=Path, help="dataset folder")
+    _add_data_arg(p, old_positional=True)
     p.add_argument("--out", type=Path, required=True, help="store folder")
     p.add_argument(
         "--size", type=int, help="resize sites to SIZE x SIZE (default: keep the images' size)"
@@ -206,10 +234,10 @@ def _add_prepare(sub) -> None:
 
 
 def cmd_prepare(args) -> int:
-    from rcic import metadata, store
+    from rcic import metadata, packing
 
     sites = metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
-    result = store.pack(
+    result = packing.pack(
         args.data,
         sites,
         args.out,
@@ -217,7 +245,7 @@ def cmd_prepare(args) -> int:
         workers=args.workers,
         compression=args.compression,
         strict=args.strict,
-        part=store.parse_part(args.part) if args.part else None,
+        part=packing.parse_part(args.part) if args.part else None,
     )
     print(
         f"{args.out}{' part ' + args.part if args.part else ''}: {result.packed} sites packed, "
@@ -383,7 +411,7 @@ def cmd_predict(args) -> int:
 def _add_submit(sub) -> None:
     p = sub.add_parser(
         "submit",
-        help="ensemble logits, plate groups, assignment -> submission.csv",
+        help="ensemble logits, plate groups, well decision -> submission.csv",
         description="Combine logits files, choose each test experiment's plate groups (discovered from the "
         "training metadata; every cyclic shift is a candidate, also shifts never seen in training), "
         "give each well one siRNA of its plate's group, check and write submission.csv and stages.json. "
@@ -402,9 +430,7 @@ def _add_submit(sub) -> None:
         default="logprob",
         help="average log-probabilities or logits",
     )
-    p.add_argument(
-        "--metadata", type=Path, required=True, help="dataset folder with train.csv, test.csv, ..."
-    )
+    _add_data_arg(p, old_flag="--metadata")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     p.add_argument(
         "--labels",
@@ -439,7 +465,7 @@ def _add_plate_options(p) -> None:
     )
 
     p.add_argument(
-        "--stages", default="ensemble,groups,assign", help="comma-separated stages to run"
+        "--stages", default="ensemble,groups,wells", help="comma-separated stages to run"
     )
     p.add_argument("--temperature", type=float, help="override the files' temperatures")
     p.add_argument(
@@ -455,7 +481,7 @@ def _add_plate_options(p) -> None:
         "--well-method",
         choices=WELL_METHODS,
         default=WELL_METHOD_DEFAULT,
-        help="how each plate's wells get their siRNA (see README, Plate post-processing)",
+        help="how each plate's wells get their siRNA (see docs/plates.md)",
     )
     p.add_argument(
         "--sharpen",
@@ -468,13 +494,13 @@ def _add_plate_options(p) -> None:
 def cmd_submit(args) -> int:
     from rcic import submit
 
-    stages = tuple(s.strip() for s in args.stages.split(","))
+    stages = tuple(_stage_name(s.strip()) for s in args.stages.split(","))
     unknown = set(stages) - set(submit.STAGES)
     if unknown:
         raise InputError(f"--stages: unknown stage(s) {sorted(unknown)}; expected {submit.STAGES}")
     res = submit.run_submit(
         args.logits,
-        args.metadata,
+        args.data,
         args.out,
         weights=args.weights,
         mode=args.mode,
@@ -507,7 +533,7 @@ def _print_submit_summary(res, stages: tuple[str, ...], well_method: str) -> Non
             f"temperature from the test plates: {cal['estimate']:.3f} ({cal['plates']} plates, "
             f"{cal['wells']} wells): {'used' if cal['used'] else 'not used'} ({cal['reason']})"
         )
-    if "assign" in stages:
+    if "wells" in stages:
         print(f"well decision ({well_method}): {WELL_DECISIONS[well_method]}")
     for exp, choice in res.post.choices.items():
         flag = f"  <- unsure (below {POSTERIOR_FLAG})" if choice.posterior < POSTERIOR_FLAG else ""
@@ -539,14 +565,15 @@ def _add_evaluate(sub) -> None:
 def cmd_evaluate(args) -> int:
     import json
 
-    from rcic import submit
+    from rcic import metrics
+    from rcic.fileio import atomic_text
 
-    table = submit.evaluate(args.submission, args.labels)
+    table = metrics.evaluate(args.submission, args.labels)
     print(f"overall {table['overall']:.4f} on {table['n']} wells")
     for key in ("cell_type", "experiment", "plate"):
         print(f"by {key}: " + ", ".join(f"{k} {v:.3f}" for k, v in table[key].items()))
     if args.out:
-        args.out.write_text(json.dumps(table, indent=1))
+        atomic_text(args.out, json.dumps(table, indent=1))
     return 0
 
 
@@ -622,9 +649,9 @@ def _add_embed(sub) -> None:
 
 
 def cmd_embed(args) -> int:
-    from rcic import predict
+    from rcic import embed_pipeline
 
-    path = predict.embed_run(*_run_split_out(args), **_inference_options(args))
+    path = embed_pipeline.embed_run(*_run_split_out(args), **_inference_options(args))
     print(f"wrote {path}")
     return 0
 
@@ -714,6 +741,19 @@ def cmd_profiles(args) -> int:
             v = m[key].get("mAP", m[key].get("recall"))
             print(f"{key.replace('_', ' ')}: {v:.3f}")
     return 0
+
+
+def _stage_name(name: str) -> str:
+    """The well-decision stage was called ``assign`` (a name that promised one siRNA per plate,
+    which the default decision does not keep); the old name still works, with a warning."""
+    if name == "assign":
+        _deprecated("--stages assign", "--stages wells")
+        return "wells"
+    return name
+
+
+def _deprecated(old: str, new: str) -> None:
+    logging.getLogger("rcic.cli").warning("%s is deprecated: use %s (removed in 0.3)", old, new)
 
 
 def _float(text: str, name: str) -> float:
@@ -818,6 +858,16 @@ STORE_HELP = (
 )
 
 
+class _Version(argparse.Action):
+    """--version: looked up only when asked (importlib.metadata slows every command)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from rcic import __version__
+
+        print(f"rcic {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rcic", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -825,6 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error"
     )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print rcic's version")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -843,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        _resolve_data(args)
         return args.func(args)
     except RcicError as e:  # rcic's own errors: one line (the traceback too with -v)
         if args.verbose:

@@ -14,7 +14,19 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from rcic import config, metadata, predict, samples, store, submit, synth, train
+from rcic import (
+    config,
+    embed_pipeline,
+    metadata,
+    packing,
+    predict,
+    samples,
+    store,
+    submit,
+    synth,
+    train,
+)
+from rcic.fileio import atomic_text
 from rcic.logitsfile import read_logits
 from rcic.metrics import format_table
 
@@ -45,7 +57,7 @@ def run_demo(
         synth.generate(data, "tiny" if quick else "demo", seed, workers=workers)
     sites = metadata.load_metadata(data)
     log.info("2/6 packing %d sites into %s", len(sites), store_dir)
-    store.pack(data, sites, store_dir, workers=workers)
+    packing.pack(data, sites, store_dir, workers=workers)
     epochs = ["epochs=1", "deterministic=true"] if quick else []
     models = {
         f"model-{k}": recipe("demo", epochs + [f"seed={seed + k}", f"fold={k}"]) for k in range(2)
@@ -60,7 +72,7 @@ def run_demo(
     table = _score(out, data, logits)
     table["profiles"] = _profiles(out, data, sites, store_dir)
     table["minutes"] = (time.perf_counter() - t0) / 60
-    (out / "demo.json").write_text(json.dumps(table, indent=1))
+    atomic_text(out / "demo.json", json.dumps(table, indent=1))
     log.info("6/6 writing the report")
     from rcic.report import build_report
 
@@ -99,8 +111,16 @@ def _profiles(out: Path, data: Path, sites, store_dir: Path) -> dict:
 
     labelled, run = synth.with_test_labels(sites, data), out / "runs" / "model-0"
     tables = [
-        predict.embed_run(run, labelled, store_dir, split, out / "profiles" / f"{name}.parquet",
-                          checkpoint="last", views=2, progress=False)  # fmt: skip
+        embed_pipeline.embed_run(
+            run,
+            labelled,
+            store_dir,
+            split,
+            out / "profiles" / f"{name}.parquet",
+            checkpoint="last",
+            views=2,
+            progress=False,
+        )  # fmt: skip
         for name, split in (("embed-fold", "0"), ("embed-test", "test"))
     ]
     m = profiles.run_profiles(tables, out / "profiles", "standardize", truth=data / "synth.json")
@@ -156,7 +176,7 @@ def _score(out: Path, data: Path, logits: dict[str, Path]) -> dict:
         "single model": single.scores["ensemble"],
         "ensemble": ens.scores["ensemble"],
         "plate groups": ens.scores["groups"],
-        "well decision": ens.scores["assign"],
+        "well decision": ens.scores["wells"],
     }
     way = {"single model": bronze.scores["ensemble"], "plate groups": bronze.scores["groups"]}
     return {

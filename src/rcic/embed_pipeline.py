@@ -1,4 +1,6 @@
-"""File-level steps of the embeddings route: correct + head -> logits file (profiles: rcic.profiles)."""
+"""File-level steps of the embeddings route: `rcic embed` (a run's embeddings of every well, as
+an .npz or a profile table) and `rcic embed-head` (correct + head -> logits file). Profiles for
+profiling users: rcic.profiles."""
 
 from __future__ import annotations
 
@@ -99,3 +101,67 @@ def leave_one_experiment_out(x: np.ndarray, meta: pd.DataFrame, head: str) -> fl
         )
         total += int(test.sum())
     return correct / max(total, 1)
+
+
+def embed_run(
+    run: str | Path,
+    sites: pd.DataFrame,
+    store: str | Path,
+    split: str,
+    out: str | Path,
+    *,
+    checkpoint: str = "best",
+    views: int = 8,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+    threads: int = 0,
+) -> Path:
+    """Embed every well (treatments and controls) of a split with a run's model; write an .npz,
+    or with a ``.parquet`` `out` a profile table (`rcic.profiles`: the raw well profiles).
+
+    ``oof`` marks the wells that were not training samples of this model (their embeddings can
+    train a head honestly): the held-out fold's experiments, and unlabelled test treatments.
+    """
+    from rcic.predict import predict_split
+
+    pr = predict_split(
+        run, sites, store, split, checkpoint, device, treatments_only=False, views=views,
+        batch_size=batch_size, embeddings=True, progress=progress, threads=threads,
+    )  # fmt: skip
+    res = pr.res
+    wells = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"]]
+    oof = ~np.isin(res["id_code"], _trained_on(sites, pr.st, pr.cfg, pr.held_out))
+    source = str(Path(run).resolve())
+    if str(out).endswith(".parquet"):
+        from rcic import __version__, profiles
+
+        meta = profiles.metadata_frame(wells.reset_index(), "rcic", oof, res["n_sites"])
+        provenance = {"command": "rcic embed", "run": source, "checkpoint": checkpoint,
+                      "views": views, "split": split, "correction": "none", "level": "well",
+                      "rcic_version": __version__}  # fmt: skip
+        table = profiles.make_table(meta, res["embedding"])
+        return profiles.write_table(table, out, provenance)
+    return write_logits(
+        out,
+        res.pop("id_code"),
+        res.pop("logits"),
+        well_type=wells["well_type"].to_numpy(str),
+        oof=oof,
+        source=source,
+        checkpoint=checkpoint,
+        views=views,
+        **res,
+    )
+
+
+def _trained_on(sites: pd.DataFrame, st, cfg, held_out) -> list[str]:
+    """The wells (id_codes) that were training samples of a run, pseudo-labelled ones included."""
+    pseudo = (
+        pd.read_csv(cfg.pseudo_labels)
+        if cfg.pseudo_labels and Path(cfg.pseudo_labels).exists()
+        else None
+    )
+    from rcic.samples import select_samples
+
+    return list(set(select_samples(sites, st, cfg, pseudo, held_out).train_rows["id_code"]))

@@ -30,3 +30,7 @@ class InputError(RcicError, ValueError):
 
 class MissingFileError(RcicError, FileNotFoundError):
     """A file or folder rcic needs is not there; the message names it."""
+
+
+class SubmissionError(RcicError, ValueError):
+    """The inputs cannot make a valid submission; the message says which file and wells."""

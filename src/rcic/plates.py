@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rcic import layout
-from rcic.errors import InputError
+from rcic.errors import InputError, SubmissionError
 
 if TYPE_CHECKING:  # the CLI's parser imports this module: keep it light
+    import pandas as pd
+
     from rcic.rules import PlateGroups
 
 log = logging.getLogger(__name__)
@@ -280,7 +282,7 @@ def _balance(x: np.ndarray, iterations: int, tol: float) -> np.ndarray:
     return x
 
 
-CALIBRATE = ("off", "on", "auto")  # rcic submit --calibrate, see rcic.submit.calibrate_plates
+CALIBRATE = ("off", "on", "auto")  # rcic submit --calibrate, see calibrate_plates
 # chosen on held-out experiments disjoint from those reported (benchmarks/plates_real.py)
 CALIBRATE_DEFAULT = "auto"
 # exponent of the calibrated probabilities before Sinkhorn (decide_plate): chosen with
@@ -350,14 +352,14 @@ def postprocess(
     pg: PlateGroups,
     group_method: str = "loglik",
     well_method: str = WELL_METHOD_DEFAULT,
-    stages=("groups", "assign"),
+    stages=("groups", "wells"),
     sharpen: float = SHARPEN,
     marginals: bool = False,
 ) -> PostResult:
     """Run the plate stages on per-well treatment log-probabilities (N, 1108).
 
     Returns the prediction after ``ensemble`` (plain argmax), ``groups`` (argmax within each
-    plate's chosen group) and ``assign`` (the well decision), as far as `stages` go. With
+    plate's chosen group) and ``wells`` (the well decision), as far as `stages` go. With
     `marginals`, ``confidence`` holds each final answer's one-per-plate marginal probability
     (what pseudo-labels rank by); otherwise the well's top probability.
     """
@@ -375,15 +377,15 @@ def postprocess(
             members = pg.groups[g]
             sub = lp[np.ix_(sel, members)]
             masked[sel] = members[sub.argmax(1)]
-            if "assign" in stages:
+            if "wells" in stages:
                 final[sel] = members[decide_plate(sub, well_method, sharpen)]
-            if "assign" in stages and marginals:
+            if "wells" in stages and marginals:
                 confidence[sel] = np.exp(
                     sinkhorn(sub)[np.arange(len(sel)), np.searchsorted(members, final[sel])]
                 )
     out["groups"] = masked
-    if "assign" in stages:
-        out["assign"] = final
+    if "wells" in stages:
+        out["wells"] = final
     return PostResult(out, choices, confidence)
 
 
@@ -510,3 +512,75 @@ def golden_section(f, lo: float, hi: float, tol: float) -> float:
             d = a + ratio * (b - a)
             fd = f(d)
     return (a + b) / 2.0
+
+
+def calibrate_plates(
+    lp: np.ndarray, test: pd.DataFrame, pg: PlateGroups, mode: str, group_method: str, stored: bool
+) -> tuple[np.ndarray, dict]:
+    """Rescale `lp` by a temperature estimated from the test plates (:func:`estimate_temperature`).
+
+    ``off``: keep `lp`. ``on``: always use the estimate. ``auto``: use it when the probabilities
+    carry no fitted temperature of their own (a file without one, or an ensemble of several files)
+    or when the estimate disagrees with the stored one by more than 2x. An estimate at the edge of
+    its search range means the plates carry no information on the temperature; it is not used.
+    Returns the log-probabilities to use and what was done (for stages.json).
+    """
+    if mode not in CALIBRATE:
+        raise SubmissionError(f"calibrate {mode!r}: expected one of {CALIBRATE}")
+    if mode == "off":
+        return lp, {"mode": "off"}
+    cal = _estimate_on_plates(lp, test, pg, group_method)
+    t = cal.temperature
+    informative = 2e-3 < t < 5e2
+    if mode == "on":
+        use, why = informative, "--calibrate on"
+    elif not stored:
+        use, why = informative, "no fitted temperature (a file without one, or an ensemble)"
+    else:
+        use, why = (
+            informative and abs(np.log(t)) > np.log(2),
+            "the stored temperature is off by more than 2x",
+        )
+    if not informative:
+        why = "the plates carry no information on the temperature (estimate at its bound)"
+    report = {
+        "mode": mode,
+        "estimate": t,
+        "used": bool(use),
+        "reason": why,
+        "plates": cal.plates,
+        "wells": cal.wells,
+    }
+    log.info(
+        "temperature from the plates: %.3f (%d plates, %d wells); %s: %s",
+        t,
+        cal.plates,
+        cal.wells,
+        "used" if use else "not used",
+        why,
+    )
+    return (log_softmax(lp * np.float32(1 / t), copy=False) if use else lp), report
+
+
+def _estimate_on_plates(lp, test: pd.DataFrame, pg: PlateGroups, group_method: str, n: int = 4):
+    """estimate_temperature on `n` test plates spread over the experiments (those with fewer wells
+    than a group has siRNAs), computing only what they need: their experiments' class-bias-free
+    log-probabilities and group choices. A class raised across a whole experiment breaks the
+    one-per-plate model the estimate rests on (it drove the estimate to its bound), hence the
+    bias removal."""
+    counts = test.groupby(["experiment", "plate"]).size()
+    size = min(len(g) for g in pg.groups)
+    candidates = [k for k, c in counts.items() if 1 < c <= size]
+    if not candidates:
+        raise SubmissionError(
+            "no test plate with fewer wells than its group's siRNAs to calibrate on"
+        )
+    pick = np.unique(np.linspace(0, len(candidates) - 1, min(n, len(candidates))).round())
+    picked = {candidates[int(i)] for i in pick}
+    exps, plates = test["experiment"].to_numpy(), test["plate"].to_numpy()
+    mine = np.isin(exps, [e for e, _ in picked])
+    unbiased = remove_class_bias(lp[mine], exps[mine])
+    exps, plates = exps[mine], plates[mine]
+    choices = choose_groups(unbiased, exps, plates, pg, group_method)
+    on = np.array([(e, p) in picked for e, p in zip(exps, plates, strict=True)])
+    return estimate_temperature(unbiased[on], exps[on], plates[on], choices, pg, len(picked))

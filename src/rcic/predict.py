@@ -22,13 +22,13 @@ from rcic.data import (
 )
 from rcic.distributed import set_threads
 from rcic.errors import InputError
-from rcic.inference import infer, resolve_device, sum_by_well, use_bf16
 from rcic.logitsfile import write_logits
 from rcic.models import RcicModel
 from rcic.plates import fit_temperature
 from rcic.runs import RunFolder, load_checkpoint
-from rcic.samples import select_samples, split_sites, store_rows
+from rcic.samples import split_sites, store_rows
 from rcic.store import SiteStore
+from rcic.tta import infer, resolve_device, sum_by_well, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class _Prediction:
     held_out: list[str] | None  # as the run recorded them
 
 
-def _predict_split(
+def predict_split(
     run, sites, store, split, checkpoint, device, *, treatments_only, threads=0, **kw
 ):
     """Load a run's checkpoint and predict one split of `sites` with `threads` CPU threads
@@ -162,7 +162,7 @@ def predict_run(
     On a fold split (held-out experiments with labels) the temperature is fitted and stored;
     otherwise `temperature` (for example from a fold's file) is stored if given.
     """
-    res = _predict_split(
+    res = predict_split(
         run, sites, store, split, checkpoint, device, treatments_only=True, views=views,
         combine=combine, batch_size=batch_size, progress=progress, threads=threads,
     ).res  # fmt: skip
@@ -179,63 +179,3 @@ def predict_run(
         views=views,
         **res,
     )
-
-
-def embed_run(
-    run: str | Path,
-    sites: pd.DataFrame,
-    store: str | Path,
-    split: str,
-    out: str | Path,
-    *,
-    checkpoint: str = "best",
-    views: int = 8,
-    batch_size: int = 64,
-    device: str = "auto",
-    progress: bool = True,
-    threads: int = 0,
-) -> Path:
-    """Embed every well (treatments and controls) of a split with a run's model; write an .npz,
-    or with a ``.parquet`` `out` a profile table (`rcic.profiles`: the raw well profiles).
-
-    ``oof`` marks the wells that were not training samples of this model (their embeddings can
-    train a head honestly): the held-out fold's experiments, and unlabelled test treatments.
-    """
-    pr = _predict_split(
-        run, sites, store, split, checkpoint, device, treatments_only=False, views=views,
-        batch_size=batch_size, embeddings=True, progress=progress, threads=threads,
-    )  # fmt: skip
-    res = pr.res
-    wells = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"]]
-    oof = ~np.isin(res["id_code"], _trained_on(sites, pr.st, pr.cfg, pr.held_out))
-    source = str(Path(run).resolve())
-    if str(out).endswith(".parquet"):
-        from rcic import __version__, profiles
-
-        meta = profiles.metadata_frame(wells.reset_index(), "rcic", oof, res["n_sites"])
-        provenance = {"command": "rcic embed", "run": source, "checkpoint": checkpoint,
-                      "views": views, "split": split, "correction": "none", "level": "well",
-                      "rcic_version": __version__}  # fmt: skip
-        table = profiles.make_table(meta, res["embedding"])
-        return profiles.write_table(table, out, provenance)
-    return write_logits(
-        out,
-        res.pop("id_code"),
-        res.pop("logits"),
-        well_type=wells["well_type"].to_numpy(str),
-        oof=oof,
-        source=source,
-        checkpoint=checkpoint,
-        views=views,
-        **res,
-    )
-
-
-def _trained_on(sites: pd.DataFrame, st: SiteStore, cfg: TrainConfig, held_out) -> list[str]:
-    """The wells (id_codes) that were training samples of a run, pseudo-labelled ones included."""
-    pseudo = (
-        pd.read_csv(cfg.pseudo_labels)
-        if cfg.pseudo_labels and Path(cfg.pseudo_labels).exists()
-        else None
-    )
-    return list(set(select_samples(sites, st, cfg, pseudo, held_out).train_rows["id_code"]))

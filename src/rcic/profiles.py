@@ -224,7 +224,7 @@ def synthetic_truth(path: str | Path) -> tuple[dict[int, int], dict[str, np.ndar
         pathways = {int(k): int(v) for k, v in info["pathway"].items()}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: not a synthetic screen's synth.json ({e})") from None
-    pheno = synth.sirna_phenotypes(spec, int(info["seed"]))
+    pheno = cellsim.sirna_phenotypes(spec.strength, spec.n_pathways, int(info["seed"]))
     truth = {ct: pheno.effect[i] for i, ct in enumerate(cellsim.CELL_TYPES)}
     return pathways, truth
 

@@ -1,6 +1,6 @@
 """Plate rules of the RxRx1 layout, discovered from metadata rather than pasted in.
 
-Facts (from the real training tables, see the project README): the treatments split into disjoint
+Facts (from the real training tables; docs/plates.md): the treatments split into disjoint
 groups (4 of 277 in RxRx1); every plate draws its treatments from one group, each at most once;
 the plates of an experiment take the groups in a cyclic shift of one canonical order. These
 functions find the groups and orders in any labelled table and check the rules; `check`, the

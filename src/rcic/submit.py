@@ -1,8 +1,9 @@
 """From logits files to a checked submission.csv, scored after every stage (no torch).
 
 Stages: ``ensemble`` (weighted mean of the files, argmax over treatments), ``groups`` (each test
-experiment's plate groups chosen, siRNAs outside a plate's group masked) and ``assign`` (one siRNA
-per well per plate).
+experiment's plate groups chosen, siRNAs outside a plate's group masked) and ``wells`` (the well
+decision: each well's siRNA within its plate's group, by the chosen ``well_method``; only
+``assign`` and ``sinkhorn_assign`` never repeat an siRNA on a plate).
 """
 
 from __future__ import annotations
@@ -17,34 +18,27 @@ import numpy as np
 import pandas as pd
 
 from rcic import layout
-from rcic.errors import RcicError
+from rcic.errors import SubmissionError
 from rcic.fileio import atomic_csv, atomic_text
 from rcic.logitsfile import read_logits
 from rcic.metadata import load_metadata, wells_of
-from rcic.metrics import accuracy_table
+from rcic.metrics import accuracy_table, read_id_sirna
 from rcic.plates import (
-    CALIBRATE,
     CALIBRATE_DEFAULT,
     SHARPEN,
     WELL_DECISIONS,
     WELL_METHOD_DEFAULT,
     PostResult,
-    choose_groups,
-    estimate_temperature,
+    calibrate_plates,
     group_index,
     log_softmax,
     postprocess,
-    remove_class_bias,
 )
 from rcic.rules import PlateGroups, discover_groups
 
 log = logging.getLogger(__name__)
 
-STAGES = ("ensemble", "groups", "assign")
-
-
-class SubmissionError(RcicError, ValueError):
-    """The inputs cannot make a valid submission; the message says which file and wells."""
+STAGES = ("ensemble", "groups", "wells")
 
 
 def combine_logits(
@@ -229,78 +223,6 @@ def run_submit(
     return res
 
 
-def calibrate_plates(
-    lp: np.ndarray, test: pd.DataFrame, pg: PlateGroups, mode: str, group_method: str, stored: bool
-) -> tuple[np.ndarray, dict]:
-    """Rescale `lp` by a temperature estimated from the test plates (:func:`estimate_temperature`).
-
-    ``off``: keep `lp`. ``on``: always use the estimate. ``auto``: use it when the probabilities
-    carry no fitted temperature of their own (a file without one, or an ensemble of several files)
-    or when the estimate disagrees with the stored one by more than 2x. An estimate at the edge of
-    its search range means the plates carry no information on the temperature; it is not used.
-    Returns the log-probabilities to use and what was done (for stages.json).
-    """
-    if mode not in CALIBRATE:
-        raise SubmissionError(f"calibrate {mode!r}: expected one of {CALIBRATE}")
-    if mode == "off":
-        return lp, {"mode": "off"}
-    cal = _estimate_on_plates(lp, test, pg, group_method)
-    t = cal.temperature
-    informative = 2e-3 < t < 5e2
-    if mode == "on":
-        use, why = informative, "--calibrate on"
-    elif not stored:
-        use, why = informative, "no fitted temperature (a file without one, or an ensemble)"
-    else:
-        use, why = (
-            informative and abs(np.log(t)) > np.log(2),
-            "the stored temperature is off by more than 2x",
-        )
-    if not informative:
-        why = "the plates carry no information on the temperature (estimate at its bound)"
-    report = {
-        "mode": mode,
-        "estimate": t,
-        "used": bool(use),
-        "reason": why,
-        "plates": cal.plates,
-        "wells": cal.wells,
-    }
-    log.info(
-        "temperature from the plates: %.3f (%d plates, %d wells); %s: %s",
-        t,
-        cal.plates,
-        cal.wells,
-        "used" if use else "not used",
-        why,
-    )
-    return (log_softmax(lp * np.float32(1 / t), copy=False) if use else lp), report
-
-
-def _estimate_on_plates(lp, test: pd.DataFrame, pg: PlateGroups, group_method: str, n: int = 4):
-    """estimate_temperature on `n` test plates spread over the experiments (those with fewer wells
-    than a group has siRNAs), computing only what they need: their experiments' class-bias-free
-    log-probabilities and group choices. A class raised across a whole experiment breaks the
-    one-per-plate model the estimate rests on (it drove the estimate to its bound), hence the
-    bias removal."""
-    counts = test.groupby(["experiment", "plate"]).size()
-    size = min(len(g) for g in pg.groups)
-    candidates = [k for k, c in counts.items() if 1 < c <= size]
-    if not candidates:
-        raise SubmissionError(
-            "no test plate with fewer wells than its group's siRNAs to calibrate on"
-        )
-    pick = np.unique(np.linspace(0, len(candidates) - 1, min(n, len(candidates))).round())
-    picked = {candidates[int(i)] for i in pick}
-    exps, plates = test["experiment"].to_numpy(), test["plate"].to_numpy()
-    mine = np.isin(exps, [e for e, _ in picked])
-    unbiased = remove_class_bias(lp[mine], exps[mine])
-    exps, plates = exps[mine], plates[mine]
-    choices = choose_groups(unbiased, exps, plates, pg, group_method)
-    on = np.array([(e, p) in picked for e, p in zip(exps, plates, strict=True)])
-    return estimate_temperature(unbiased[on], exps[on], plates[on], choices, pg, len(picked))
-
-
 def _test_wells(metadata_dir, wells: pd.DataFrame) -> pd.DataFrame:
     path = Path(metadata_dir) / "test.csv"
     if path.exists():
@@ -342,33 +264,6 @@ def validate_submission(submission: pd.DataFrame, metadata_dir) -> None:
     s = submission["sirna"]
     if not pd.api.types.is_integer_dtype(s) or ((s < 0) | (s >= layout.N_TREATMENTS)).any():
         raise SubmissionError(f"submission sirna must be integers 0..{layout.N_TREATMENTS - 1}")
-
-
-def read_id_sirna(path: str | Path, what: str) -> pd.DataFrame:
-    """Read a CSV of id_code,sirna (a submission or labels): integer siRNAs, each well once; a
-    fault raises SubmissionError naming the file and the first offending rows."""
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: no such {what} file")
-    try:
-        frame = pd.read_csv(path, dtype={"id_code": str})
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise SubmissionError(f"{path}: cannot be read as a CSV {what} ({e})") from None
-    if not {"id_code", "sirna"} <= set(frame.columns):
-        raise SubmissionError(
-            f"{path}: a {what} needs columns id_code,sirna; found {list(frame.columns)}"
-        )
-    sirna = pd.to_numeric(frame["sirna"], errors="coerce")
-    bad = sirna.isna() | (sirna % 1 != 0) | (sirna < 0)
-    if bad.any():
-        rows = [f"line {i + 2}: {v!r}" for i, v in frame.loc[bad, "sirna"].head(3).items()]
-        raise SubmissionError(f"{path}: sirna must be a non-negative integer; {', '.join(rows)}")
-    dup = frame["id_code"].duplicated()
-    if dup.any():
-        raise SubmissionError(
-            f"{path}: id_code listed twice: {frame.id_code[dup].head(3).tolist()}"
-        )
-    return frame.assign(sirna=sirna.astype(int))
 
 
 def _read_labels(path, test: pd.DataFrame) -> np.ndarray:
@@ -420,7 +315,7 @@ def write_pseudo_labels(path, test: pd.DataFrame, post: PostResult, top: float) 
     An siRNA is pseudo-labelled at most once per plate: where the well decision repeated one (the
     ``sinkhorn`` decision may), only its most confident well is kept.
     """
-    final = post.stages.get("assign", post.stages.get("groups", post.stages["ensemble"]))
+    final = post.stages.get("wells", post.stages.get("groups", post.stages["ensemble"]))
     frame = test[["id_code", "experiment", "plate"]].assign(sirna=final, confidence=post.confidence)
     frame = frame.sort_values("confidence", ascending=False).drop_duplicates(
         ["experiment", "plate", "sirna"]
@@ -434,24 +329,6 @@ def write_pseudo_labels(path, test: pd.DataFrame, post: PostResult, top: float) 
         "wrote %d pseudo-labels (top %.0f%% of each plate) to %s", len(chosen), 100 * top, path
     )
     return chosen
-
-
-def evaluate(submission: str | Path, labels: str | Path) -> dict:
-    """Accuracy of a submission overall, per cell type, per experiment and per plate."""
-    sub = read_id_sirna(submission, "submission")
-    lab = read_id_sirna(labels, "labels")
-    merged = lab.merge(sub, on="id_code", how="left", suffixes=("", "_pred"))
-    lacking = merged.loc[merged["sirna_pred"].isna(), "id_code"]
-    if len(lacking):
-        raise SubmissionError(
-            f"{submission} lacks {len(lacking)} labelled wells of {labels}, e.g. {lacking.head(3).tolist()}"
-        )
-    parts = merged["id_code"].str.rsplit("_", n=2, expand=True)
-    merged["experiment"], merged["plate"] = parts[0], parts[0] + "_" + parts[1]
-    merged["cell_type"] = merged["experiment"].map(layout.cell_type_of)
-    return accuracy_table(
-        merged, merged["sirna_pred"].astype(int).to_numpy(), by=("cell_type", "experiment", "plate")
-    )
 
 
 def _jsonable(x):

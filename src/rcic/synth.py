@@ -229,11 +229,6 @@ def layout_from(root: str | Path, seed: int) -> tuple[pd.DataFrame, dict]:
     return wells, truth
 
 
-def sirna_phenotypes(spec: Preset, seed: int) -> cellsim.Phenotypes:
-    """The phenotypes of every class id in a screen of this preset."""
-    return cellsim.sirna_phenotypes(spec.strength, spec.n_pathways, seed)
-
-
 def with_test_labels(sites: pd.DataFrame, data: str | Path) -> pd.DataFrame:
     """`sites` with the test treatments' hidden labels (a synthetic screen's test_labels.csv) filled
     in, for scoring and profiling on the test experiments."""
@@ -288,7 +283,7 @@ def generate(
     wells, truth = layout_from(layout_dir, seed) if layout_dir else make_layout(spec, seed)
     if experiments is not None:
         wells = wells[wells["experiment"].isin(experiments)].reset_index(drop=True)
-    pathway = sirna_phenotypes(spec, seed).pathway
+    pathway = cellsim.sirna_phenotypes(spec.strength, spec.n_pathways, seed).pathway
     jobs = [
         (str(out), spec, seed, exp, plate, group, render)
         for (exp, plate), group in wells.groupby(["experiment", "plate"])
@@ -311,7 +306,7 @@ def _render_plate(job) -> int:
     root, spec, seed, exp, plate, wells, render = job
     if render == "noise":
         return _noise_plate(root, spec, seed, exp, plate, wells)
-    pheno = sirna_phenotypes(spec, seed)
+    pheno = cellsim.sirna_phenotypes(spec.strength, spec.n_pathways, seed)
     batch = cellsim.plate_batch(seed, exp, plate)
     split = wells["split"].iat[0]
     folder = Path(root) / split / exp / f"Plate{plate}"

@@ -41,12 +41,12 @@ from rcic.distributed import (
     sync_batchnorm,
 )
 from rcic.errors import TrainingError
-from rcic.inference import autocast, infer, sum_by_well, use_bf16
 from rcic.metrics import accuracy_table, treatment_argmax
 from rcic.models import build_model, compute_loss
 from rcic.runs import RunFolder, environment, restore, run_log, training_state
 from rcic.samples import Samples, select_samples
 from rcic.store import SiteStore, StoreError
+from rcic.tta import autocast, infer, sum_by_well, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +139,22 @@ def train(
     if ctx.main:
         folder.checkpoints.mkdir(parents=True, exist_ok=True)
         if not resume:
-            env = {
-                **environment(ctx.device, ctx.world),
-                "store": st.url or str(Path(store_path).resolve()),
-                "store_kind": st.kind,
-                "n_train_samples": len(samples.train_rows),
-                "bf16": use_bf16(ctx.device, cfg.amp, cfg.deterministic),
-            }
-            folder.start(cfg, env, split_record(cfg, samples))
+            _start_folder(folder, cfg, ctx, st, store_path, samples)
     with run_log(folder, ctx.main):
         trainer = Trainer.build(cfg, ctx, st, samples, model, size, folder, resume=resume)
         return trainer.fit(progress, stop_after_epoch)
+
+
+def _start_folder(folder: RunFolder, cfg: TrainConfig, ctx, st, store_path, samples) -> None:
+    """A new run's records: config, environment and split."""
+    env = {
+        **environment(ctx.device, ctx.world),
+        "store": st.url or str(Path(store_path).resolve()),
+        "store_kind": st.kind,
+        "n_train_samples": len(samples.train_rows),
+        "bf16": use_bf16(ctx.device, cfg.amp, cfg.deterministic),
+    }
+    folder.start(cfg, env, split_record(cfg, samples))
 
 
 def split_record(cfg: TrainConfig, samples: Samples) -> dict:

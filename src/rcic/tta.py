@@ -1,4 +1,6 @@
-"""Running a model over a DataLoader with test-time views; shared by validation and prediction."""
+"""Test-time augmentation: a model run over a DataLoader with its test-time views (dihedral turns
+of each site), summed per well; the device and bf16 helpers it needs. Shared by validation and
+prediction."""
 
 from __future__ import annotations
 
