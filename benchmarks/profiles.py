@@ -26,13 +26,11 @@ import numpy as np
 
 from rcic import (
     __version__,
-    baselines,
     config,
     embed_pipeline,
     metadata,
     packing,
     profiles,
-    store,
     synth,
     train,
 )
@@ -60,12 +58,9 @@ def score(tables: list[Path], out: Path, truth: Path) -> dict[str, dict]:
     }
 
 
-def feature_table(data: Path, st: Path, labelled, out: Path) -> Path:
+def feature_table(st: Path, labelled, out: Path) -> Path:
     if not out.exists():
-        wells = baselines.well_features(store.SiteStore(st), labelled, extended=True)
-        meta = profiles.metadata_frame(wells, "rcic", n_sites=wells["n_sites"])
-        names = list(baselines.PROFILE_NAMES)
-        table = profiles.make_table(meta, wells[names].to_numpy(), names)
+        table = profiles.features_table(st, labelled)
         profiles.write_table(table, out, {"command": "benchmarks/profiles.py features",
                                           "rcic_version": __version__})  # fmt: skip
     return out
@@ -101,7 +96,7 @@ def main() -> None:
     packing.pack(data, sites, st)
     labelled, truth = synth.with_test_labels(sites, data), data / "synth.json"
     rows = {"hand-crafted features": score(
-        [feature_table(data, st, labelled, args.work / "features.parquet")],
+        [feature_table(st, labelled, args.work / "features.parquet")],
         args.work / "profiles-features", truth,
     )}  # fmt: skip
     per_seed = [

@@ -57,3 +57,15 @@ def test_the_rule_catches_a_direct_write(tmp_path):
         "        g.write('x')\n"
     )
     assert len(_direct_writes(bad)) == 3
+
+
+def test_no_function_is_longer_than_fifty_lines():
+    """A function reads on one screen: at most 50 lines, its docstring included."""
+    long = []
+    for path in sorted(SRC.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > 50:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, "\n".join(long)

@@ -780,17 +780,14 @@ def _add_features(sub) -> None:
 
 
 def cmd_features(args) -> int:
-    from rcic import __version__, baselines, profiles
-    from rcic.store import SiteStore
+    from rcic import __version__, profiles
 
-    wells = baselines.well_features(SiteStore(args.store), _sites(args), extended=True)
-    meta = profiles.metadata_frame(wells, "rcic", n_sites=wells["n_sites"])
-    names = list(baselines.PROFILE_NAMES)
-    table = profiles.make_table(meta, wells[names].to_numpy(), names)
+    table = profiles.features_table(args.store, _sites(args))
     provenance = {"command": "rcic features", "store": str(args.store), "correction": "none",
                   "level": "well", "rcic_version": __version__}  # fmt: skip
     profiles.write_table(table, args.out, provenance)
-    print(f"wrote {args.out}: {len(table)} wells x {len(names)} features")
+    n = len(profiles.feature_columns(table))
+    print(f"wrote {args.out}: {len(table)} wells x {n} features")
     return 0
 
 

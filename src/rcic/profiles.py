@@ -83,6 +83,17 @@ def make_table(meta: pd.DataFrame, features: np.ndarray, names=None) -> pd.DataF
     return pd.concat([meta.reset_index(drop=True), feats], axis=1)
 
 
+def features_table(store, sites: pd.DataFrame) -> pd.DataFrame:
+    """`rcic features`: the hand-crafted features of every well of `sites` as a profile table."""
+    from rcic import baselines
+    from rcic.store import SiteStore
+
+    wells = baselines.well_features(SiteStore(store), sites, extended=True)
+    names = list(baselines.PROFILE_NAMES)
+    meta = metadata_frame(wells, "rcic", n_sites=wells["n_sites"])
+    return make_table(meta, wells[names].to_numpy(), names)
+
+
 def feature_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if not c.startswith("Metadata_")]
 
