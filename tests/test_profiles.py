@@ -159,3 +159,21 @@ def test_a_file_that_is_not_a_profile_table_is_named(tmp_path):
     pd.DataFrame({"emb_0000": [1.0]}).to_parquet(tmp_path / "y.parquet")
     with pytest.raises(InputError, match="not an rcic profile table"):
         profiles.read_table(tmp_path / "y.parquet")
+
+
+def test_spherize_chooses_its_epsilon_on_the_training_split(feature_profiles, tmp_path):
+    """`--epsilon auto` tries every epsilon on the train split's wells and keeps the best; the
+    whitened wells (fitted on all wells) have an identity covariance up to that epsilon."""
+    table, _ = feature_profiles
+    m = profiles.run_profiles([table], tmp_path / "sph", "spherize")
+    scores = {float(k): v for k, v in m["epsilon_scores"].items()}
+    assert set(scores) == set(profiles.EPSILONS)
+    assert m["epsilon"] == max(scores, key=scores.get)
+    # the tiny screen has one test experiment per cell type: no replicates to score there
+    with pytest.raises(InputError, match="two wells of one cell type"):
+        profiles.run_profiles([table], tmp_path / "t", "standardize", evaluate="test")
+    whitened = profiles.correct(pd.read_parquet(table), "spherize", 1e-6)
+    x = whitened[profiles.feature_columns(whitened)].to_numpy(np.float64)
+    cov = np.cov(x, rowvar=False)
+    live = np.diag(cov) > 0.5  # features that were not constant
+    assert np.allclose(cov[np.ix_(live, live)], np.eye(live.sum()), atol=0.05)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from rcic.errors import InputError
 from rcic.profiles import feature_columns
 
 NULL_SIZE = 10000  # permutations of copairs' null for the mAP p-values
@@ -93,12 +94,29 @@ def _quiet_map(ap: pd.DataFrame, sameby: list[str], seed: int) -> pd.DataFrame:
     )
 
 
-def activity(wells: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+def _average_precision(frame: pd.DataFrame, feats, params: dict, unpaired: str) -> pd.DataFrame:
+    """copairs' average precision per profile; a table without a single positive pair is refused
+    by name (copairs raises from deep inside)."""
+    from copairs.map import average_precision
+    from copairs.matching import UnpairedException
+
+    meta = frame[[c for c in frame.columns if c.startswith("Metadata_")]]
+    try:
+        return average_precision(
+            meta, frame[feats].to_numpy(np.float64), **params, progress_bar=False
+        )
+    except UnpairedException:
+        raise InputError(f"{unpaired} among the wells evaluated ({len(frame)})") from None
+
+
+def activity(
+    wells: pd.DataFrame, seed: int = 0, per_cell_type: bool = True
+) -> tuple[pd.DataFrame, dict]:
     """Phenotypic activity: each treatment well ranks the other wells of its siRNA and cell type
     against the cell type's negative controls (copairs average precision, cosine); the mAP per
     siRNA x cell type with its permutation p-value and the BH-corrected one. Returns that table and
-    the copairs parameters used."""
-    from copairs.map import average_precision
+    the copairs parameters used. Without `per_cell_type`: per siRNA, its wells of every cell type
+    against all negative controls (for wells with one experiment per cell type)."""
     from copairs.matching import assign_reference_index
 
     feats = feature_columns(wells)
@@ -108,17 +126,17 @@ def activity(wells: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict]:
         "Metadata_pert_type == 'negcon'",
         reference_col="Metadata_reference_index",
     )
+    group = ["Metadata_sirna", "Metadata_CellType"] if per_cell_type else ["Metadata_sirna"]
     params = {
-        "pos_sameby": ["Metadata_sirna", "Metadata_CellType", "Metadata_reference_index"],
+        "pos_sameby": [*group, "Metadata_reference_index"],
         "pos_diffby": [],
-        "neg_sameby": ["Metadata_CellType"],
+        "neg_sameby": group[1:],
         "neg_diffby": ["Metadata_sirna", "Metadata_reference_index"],
     }
-    meta = frame[[c for c in frame.columns if c.startswith("Metadata_")]]
-    ap = average_precision(meta, frame[feats].to_numpy(np.float64), **params, progress_bar=False)
+    ap = _average_precision(frame, feats, params, "no siRNA has two wells of one cell type")
     ap = ap[ap["Metadata_pert_type"] == "trt"]
-    table = _quiet_map(ap, ["Metadata_sirna", "Metadata_CellType"], seed)
-    params.update(map_sameby=["Metadata_sirna", "Metadata_CellType"], null_size=NULL_SIZE,
+    table = _quiet_map(ap, group, seed)
+    params.update(map_sameby=group, null_size=NULL_SIZE,
                   threshold=THRESHOLD, seed=seed, distance="cosine")  # fmt: skip
     return table, params
 
@@ -127,8 +145,6 @@ def consistency(consensus: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, d
     """Phenotypic consistency: each siRNA's consensus profile ranks the other siRNAs of its
     pathway (``Metadata_pathway``) against those of other pathways, within a cell type; the mAP
     per pathway x cell type."""
-    from copairs.map import average_precision
-
     feats = feature_columns(consensus)
     frame = consensus[
         (consensus["Metadata_pert_type"] == "trt") & (consensus["Metadata_pathway"] != "")
@@ -139,8 +155,7 @@ def consistency(consensus: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, d
         "neg_sameby": ["Metadata_CellType"],
         "neg_diffby": ["Metadata_pathway"],
     }
-    meta = frame[[c for c in frame.columns if c.startswith("Metadata_")]]
-    ap = average_precision(meta, frame[feats].to_numpy(np.float64), **params, progress_bar=False)
+    ap = _average_precision(frame, feats, params, "no pathway has two siRNAs of one cell type")
     table = _quiet_map(ap, ["Metadata_pathway", "Metadata_CellType"], seed)
     params.update(map_sameby=["Metadata_pathway", "Metadata_CellType"], null_size=NULL_SIZE,
                   threshold=THRESHOLD, seed=seed, distance="cosine")  # fmt: skip

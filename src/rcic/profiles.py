@@ -264,13 +264,15 @@ def pathway_pairs(pathways: dict[int, int], names) -> pd.DataFrame:
 
 def choose_epsilon(frame: pd.DataFrame, split: str = "train") -> tuple[float, dict]:
     """The spherize epsilon with the best activity mAP on the wells of `split` (the validation
-    experiments; the figures reported elsewhere come from other ones)."""
+    experiments; the figures reported elsewhere come from other ones), each siRNA's wells of all
+    cell types together (a validation fold may hold one experiment per cell type)."""
     from rcic import profile_metrics
 
     scores = {}
     for eps in EPSILONS:
         part = correct(frame, "spherize", eps)
-        table, _ = profile_metrics.activity(part[part["Metadata_split"] == split])
+        wells = part[part["Metadata_split"] == split]
+        table, _ = profile_metrics.activity(wells, per_cell_type=False)
         scores[eps] = float(table["mean_average_precision"].mean())
     return max(scores, key=scores.get), {str(k): v for k, v in scores.items()}
 
