@@ -594,6 +594,24 @@ CASES = {
         ["best.pt"],
         "e.npz",
     ),
+    "features: no store": lambda w: (
+        ["features", *_meta(w), "--store", str(w.tmp / "nostore"), "--out", str(w.tmp / "f.parquet")],
+        2,
+        ["nostore"],
+        "f.parquet",
+    ),
+    "profiles: a CSV, not a table": lambda w: (
+        ["profiles", "--table", str(_write(w.tmp / "t.parquet", "a,b\n1,2\n")), "--out", str(w.tmp / "p")],
+        2,
+        ["t.parquet", "Parquet"],
+        "p/metrics.json",
+    ),
+    "profiles: epsilon not a number": lambda w: (
+        ["profiles", "--table", str(w.tmp / "t.parquet"), "--correction", "spherize", "--epsilon", "big", "--out", str(w.tmp / "p")],
+        2,
+        ["--epsilon", "big"],
+        "p/metrics.json",
+    ),
     "embed-head: logits, not embeddings": lambda w: (
         ["embed-head", "--train", str(w.logits()), "--apply", str(w.logits("m.npz")), "--out", str(w.tmp / "h.npz")],
         2,
