@@ -172,8 +172,11 @@ def test_spherize_chooses_its_epsilon_on_the_training_split(feature_profiles, tm
     # the tiny screen has one test experiment per cell type: no replicates to score there
     with pytest.raises(InputError, match="two wells of one cell type"):
         profiles.run_profiles([table], tmp_path / "t", "standardize", evaluate="test")
-    whitened = profiles.correct(pd.read_parquet(table), "spherize", 1e-6)
-    x = whitened[profiles.feature_columns(whitened)].to_numpy(np.float64)
-    cov = np.cov(x, rowvar=False)
-    live = np.diag(cov) > 0.5  # features that were not constant
-    assert np.allclose(cov[np.ix_(live, live)], np.eye(live.sum()), atol=0.05)
+    raw = pd.read_parquet(table)
+    for method in ("spherize", "spherize-pca"):  # ZCA and PCA whitening
+        whitened = profiles.correct(raw, method, 1e-6)
+        cov = np.cov(
+            whitened[profiles.feature_columns(whitened)].to_numpy(np.float64), rowvar=False
+        )
+        live = np.diag(cov) > 0.5  # features that were not constant
+        assert np.allclose(cov[np.ix_(live, live)], np.eye(live.sum()), atol=0.05), method

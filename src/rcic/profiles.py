@@ -141,7 +141,8 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
 
 # --- batch correction and consensus (pycytominer) -----------------------------------------------
 
-CORRECTIONS = ("none", "standardize", "spherize")
+CORRECTIONS = ("none", "standardize", "spherize", "spherize-pca")
+WHITENING = {"spherize": "ZCA", "spherize-pca": "PCA"}  # pycytominer's spherize_method
 EPSILONS = tuple(10.0**k for k in range(-4, 3))  # the spherize epsilons tried on validation
 NEGCON = "Metadata_pert_type == 'negcon'"
 
@@ -173,7 +174,9 @@ def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataF
     whitening (``normalize(method="spherize")``, `epsilon` its regulariser) fitted on all wells,
     not on the controls: RxRx1 has one negative control per plate, and after the first step each
     experiment's controls are centred on themselves, which leaves too few independent ones to
-    whiten a few hundred features; ``none``: the table as it is."""
+    whiten a few hundred features; ``spherize-pca``: the same with PCA whitening (rotated onto the
+    principal axes, where ZCA stays closest to the standardised features); ``none``: the table as
+    it is."""
     if method not in CORRECTIONS:
         raise InputError(f"unknown correction {method!r}; choose from {CORRECTIONS}")
     if method == "none":
@@ -186,16 +189,26 @@ def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataF
             raise InputError(f"experiment {part['Metadata_Batch'].iat[0]}: no negative controls")
         parts.append(_quiet(normalize, part, features=feats, meta_features=meta, samples=NEGCON))
     out = pd.concat(parts).loc[frame.index]
-    if method == "spherize":
-        live = [c for c in feats if out[c].std() > 0]
-        try:
-            out[live] = _quiet(normalize, out, features=live, meta_features=meta, samples="all",
-                                  method="spherize", spherize_method="ZCA",
-                                  spherize_epsilon=epsilon)[live]  # fmt: skip
-        except ValueError as e:  # pycytominer refuses a rank-deficient matrix
-            raise InputError(f"spherize: {e}") from None
+    if method in WHITENING:
+        return _whiten(out[meta + feats], meta, feats, method, epsilon)
     out[feats] = out[feats].astype(np.float32)
     return out[frame.columns]
+
+
+def _whiten(frame: pd.DataFrame, meta, feats, method: str, epsilon: float) -> pd.DataFrame:
+    """pycytominer's spherize on the features that vary (constant ones carry nothing); ZCA keeps
+    the features' names, PCA's components are named ``pc_0000...``."""
+    live = [c for c in feats if frame[c].std() > 0]
+    try:
+        res = _quiet(_pycytominer().normalize, frame[meta + live], features=live,
+                     meta_features=meta, samples="all", method="spherize",
+                     spherize_method=WHITENING[method], spherize_epsilon=epsilon)  # fmt: skip
+    except ValueError as e:  # pycytominer refuses a rank-deficient matrix
+        raise InputError(f"{method}: {e}") from None
+    values = res.drop(columns=meta).to_numpy(np.float32)
+    names = live if method == "spherize" else [f"pc_{k:04d}" for k in range(values.shape[1])]
+    whitened = pd.DataFrame(values, columns=names, index=frame.index)
+    return pd.concat([frame[meta], whitened], axis=1)
 
 
 def consensus(frame: pd.DataFrame, pathways: dict[int, int] | None = None) -> pd.DataFrame:
@@ -262,7 +275,9 @@ def pathway_pairs(pathways: dict[int, int], names) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["entity1", "entity2"])
 
 
-def choose_epsilon(frame: pd.DataFrame, split: str = "train") -> tuple[float, dict]:
+def choose_epsilon(
+    frame: pd.DataFrame, split: str = "train", method: str = "spherize"
+) -> tuple[float, dict]:
     """The spherize epsilon with the best activity mAP on the wells of `split` (the validation
     experiments; the figures reported elsewhere come from other ones), each siRNA's wells of all
     cell types together (a validation fold may hold one experiment per cell type)."""
@@ -270,7 +285,7 @@ def choose_epsilon(frame: pd.DataFrame, split: str = "train") -> tuple[float, di
 
     scores = {}
     for eps in EPSILONS:
-        part = correct(frame, "spherize", eps)
+        part = correct(frame, method, eps)
         wells = part[part["Metadata_split"] == split]
         table, _ = profile_metrics.activity(wells, per_cell_type=False)
         scores[eps] = float(table["mean_average_precision"].mean())
@@ -312,10 +327,10 @@ def run_profiles(
 
     frame, provenance = load_tables([Path(t) for t in tables])
     chosen = {}
-    if correction == "spherize" and epsilon == "auto":
-        epsilon, chosen = choose_epsilon(frame)
+    if correction in WHITENING and epsilon == "auto":
+        epsilon, chosen = choose_epsilon(frame, method=correction)
     wells = correct(frame, correction, float(epsilon if epsilon != "auto" else 1e-2))
-    setup = {"correction": correction, "epsilon": epsilon if correction == "spherize" else None,
+    setup = {"correction": correction, "epsilon": epsilon if correction in WHITENING else None,
              "epsilon_scores": chosen, "evaluate": evaluate, "inputs": [str(t) for t in tables]}  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
