@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from rcic.errors import InputError
-from rcic.profiles import feature_columns
+from rcic.profiles import feature_columns, metadata_columns
 
 NULL_SIZE = 10000  # permutations of copairs' null for the mAP p-values
 THRESHOLD = 0.05  # on the corrected p-values: "retrieved"
@@ -100,7 +100,7 @@ def _average_precision(frame: pd.DataFrame, feats, params: dict, unpaired: str) 
     from copairs.map import average_precision
     from copairs.matching import UnpairedException
 
-    meta = frame[[c for c in frame.columns if c.startswith("Metadata_")]]
+    meta = frame[metadata_columns(frame)]
     try:
         return average_precision(
             meta, frame[feats].to_numpy(np.float64), **params, progress_bar=False

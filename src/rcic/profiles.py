@@ -147,7 +147,7 @@ EPSILONS = tuple(10.0**k for k in range(-4, 3))  # the spherize epsilons tried o
 NEGCON = "Metadata_pert_type == 'negcon'"
 
 
-def _meta_columns(frame: pd.DataFrame) -> list[str]:
+def metadata_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c.startswith("Metadata_")]
 
 
@@ -182,7 +182,7 @@ def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataF
     if method == "none":
         return frame
     normalize = _pycytominer().normalize
-    feats, meta = feature_columns(frame), _meta_columns(frame)
+    feats, meta = feature_columns(frame), metadata_columns(frame)
     parts = []
     for _, part in frame.groupby("Metadata_Batch", sort=False):
         if not (part["Metadata_pert_type"] == "negcon").any():
@@ -264,13 +264,13 @@ def read_relationships(path: str | Path) -> pd.DataFrame:
     return pairs[["entity1", "entity2"]]
 
 
-def pathway_pairs(pathways: dict[int, int], names) -> pd.DataFrame:
-    """Every pair of the named siRNAs that share a pathway."""
+def pathway_pairs(pathways: dict[int, int], profiles: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of `profiles` (``Metadata_sirna`` names, ``Metadata_sirna_id`` ids) whose
+    siRNAs share a pathway."""
     by = {}
-    for name in names:
-        sid = int(name.split("_")[-1]) if name.startswith("sirna_") else -1
-        if pathways.get(sid, -1) >= 0:
-            by.setdefault(pathways[sid], []).append(name)
+    for name, sid in profiles[["Metadata_sirna", "Metadata_sirna_id"]].itertuples(index=False):
+        if pathways.get(int(sid), -1) >= 0:
+            by.setdefault(pathways[int(sid)], []).append(name)
     rows = [(a, b) for group in by.values() for i, a in enumerate(group) for b in group[i + 1 :]]
     return pd.DataFrame(rows, columns=["entity1", "entity2"])
 
@@ -348,7 +348,7 @@ def run_profiles(
     pooled = cons[(cons["Metadata_CellType"] == "all") & (cons["Metadata_pert_type"] == "trt")]
     pairs = read_relationships(relationships) if relationships else None
     if pairs is None and pathways is not None:
-        pairs = pathway_pairs(pathways, pooled["Metadata_sirna"])
+        pairs = pathway_pairs(pathways, pooled)
     if pairs is not None:
         profiles = pooled.set_index("Metadata_sirna")[feature_columns(pooled)]
         metrics["relationship_recall"] = pm.relationship_recall(profiles, pairs)

@@ -326,17 +326,19 @@ def profile_section(folder: Path) -> str:
 
 
 def _features(frame: pd.DataFrame) -> np.ndarray:
-    return frame[[c for c in frame.columns if not c.startswith("Metadata_")]].to_numpy(float)
+    from rcic.profiles import feature_columns
+
+    return frame[feature_columns(frame)].to_numpy(float)
 
 
 def _similarity_map(cons: pd.DataFrame) -> str:
     pooled = cons[(cons["Metadata_CellType"] == "all") & (cons["Metadata_pert_type"] == "trt")]
     order = ["Metadata_pathway", "Metadata_sirna_id"] if "Metadata_pathway" in pooled else []
     pooled = pooled.sort_values(order or "Metadata_sirna_id")
-    x = _features(pooled)
-    x = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+    from rcic.profile_metrics import cosine_matrix
+
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    im = ax.imshow(x @ x.T, cmap="RdBu_r", vmin=-1, vmax=1)
+    im = ax.imshow(cosine_matrix(_features(pooled)), cmap="RdBu_r", vmin=-1, vmax=1)
     fig.colorbar(im, ax=ax, label="cosine")
     ax.set_title("consensus profiles (all cell types), ordered by pathway" if order else "")
     ax.set_xticks([])
