@@ -23,14 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from recipes import _print_row, n_samples, train_and_score
+from recipes import ALIGN, CROP, _print_row, n_samples, train_and_score
 
 from rcic import cells, config, metadata, packing, synth
 from rcic.store import SiteStore
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-CROP = 32
-ALIGN = "front"  # chosen on the certificate screen (seed 5), see README "Single cells"
 
 
 def main() -> None:

@@ -180,3 +180,24 @@ def test_spherize_chooses_its_epsilon_on_the_training_split(feature_profiles, tm
         )
         live = np.diag(cov) > 0.5  # features that were not constant
         assert np.allclose(cov[np.ix_(live, live)], np.eye(live.sum()), atol=0.05), method
+
+
+def test_tvn_whitens_each_experiments_negative_controls(feature_profiles):
+    """`--correction tvn`: every experiment's negative controls centred on zero, and their
+    variation whitened up to the shrinkage (no direction above 1/0.9 of a unit variance, where
+    the standardised features have correlated directions far above it)."""
+    table, _ = feature_profiles
+    raw = pd.read_parquet(table)
+    out = profiles.correct(raw, "tvn")
+    assert list(out.columns) == list(raw.columns)
+    neg = out["Metadata_pert_type"] == "negcon"
+    feats = profiles.feature_columns(out)
+    means = out[neg].groupby("Metadata_Batch")[feats].mean().to_numpy()
+    np.testing.assert_allclose(means, 0, atol=1e-4)
+
+    def top_variance(frame):
+        x = frame[neg].groupby("Metadata_Batch")[feats].transform(lambda c: c - c.mean())
+        return np.linalg.eigvalsh(np.cov(x.to_numpy(np.float64), rowvar=False)).max()
+
+    assert 0.5 < top_variance(out) <= 1 / 0.9 + 1e-3
+    assert top_variance(profiles.correct(raw, "standardize")) > 3

@@ -141,7 +141,7 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
 
 # --- batch correction and consensus (pycytominer) -----------------------------------------------
 
-CORRECTIONS = ("none", "standardize", "spherize", "spherize-pca")
+CORRECTIONS = ("none", "standardize", "spherize", "spherize-pca", "tvn")
 WHITENING = {"spherize": "ZCA", "spherize-pca": "PCA"}  # pycytominer's spherize_method
 EPSILONS = tuple(10.0**k for k in range(-4, 3))  # the spherize epsilons tried on validation
 NEGCON = "Metadata_pert_type == 'negcon'"
@@ -176,11 +176,15 @@ def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataF
     experiment's controls are centred on themselves, which leaves too few independent ones to
     whiten a few hundred features; ``spherize-pca``: the same with PCA whitening (rotated onto the
     principal axes, where ZCA stays closest to the standardised features); ``none``: the table as
-    it is."""
+    it is; ``tvn``: rcic's typical variation normalisation (`rcic.embed.tvn`), each experiment
+    centred on its negative controls, then whitened by their covariance shrunk towards its mean
+    eigenvalue, which whitens on the controls where pycytominer's spherize cannot."""
     if method not in CORRECTIONS:
         raise InputError(f"unknown correction {method!r}; choose from {CORRECTIONS}")
     if method == "none":
         return frame
+    if method == "tvn":
+        return _tvn(frame)
     normalize = _pycytominer().normalize
     feats, meta = feature_columns(frame), metadata_columns(frame)
     parts = []
@@ -193,6 +197,20 @@ def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataF
         return _whiten(out[meta + feats], meta, feats, method, epsilon)
     out[feats] = out[feats].astype(np.float32)
     return out[frame.columns]
+
+
+def _tvn(frame: pd.DataFrame) -> pd.DataFrame:
+    from rcic import embed
+
+    feats = feature_columns(frame)
+    if not (frame["Metadata_pert_type"] == "negcon").any():
+        raise InputError("tvn needs negative-control wells (Metadata_pert_type negcon)")
+    meta = pd.DataFrame({
+        "experiment": frame["Metadata_Batch"].to_numpy(),
+        "well_type": frame["Metadata_pert_type"].map({v: k for k, v in PERT_TYPE.items()}).to_numpy(),
+    })  # fmt: skip
+    values = embed.tvn(frame[feats].to_numpy(np.float64), meta, level="experiment")
+    return make_table(frame[metadata_columns(frame)], values, feats).set_index(frame.index)
 
 
 def _whiten(frame: pd.DataFrame, meta, feats, method: str, epsilon: float) -> pd.DataFrame:
