@@ -246,8 +246,11 @@ def _verdicts(results: dict, seeds) -> None:
         se = np.sqrt(test[n].var(ddof=1) / len(seeds) + ref.var(ddof=1) / len(seeds))
         verdict = "beyond its spread" if abs(diff) > 2 * se else "within its spread"
         print(f"  {n:30} {diff:+.3f} (2 se {2 * se:.3f}): {verdict}")
-    best = max(val, key=val.get)
-    print(f"best on val (fold 0): {best} ({val[best]:.3f}); its test {test[best].mean():.3f}")
+    trained = {n: v for n, v in val.items() if n in RECIPES}  # the same val measure
+    best = max(trained, key=trained.get)
+    print(
+        f"best recipe on val (fold 0): {best} ({val[best]:.3f}); its test {test[best].mean():.3f}"
+    )
 
 
 def _print_row(name: str, rows: list[dict]) -> None:
