@@ -4,7 +4,7 @@ Usage: python benchmarks/pseudo_labels.py [--work /tmp/rcic-bench-recipes] [--se
         [--fraction 0.5] [--epochs 4]
 
 Starts from the runs of rcic's recipe that benchmarks/recipes.py trained (fold 0 held out, one per
-seed; `--start normalisation-plate`, the configs/demo.yaml of today, see recipes.txt). For
+seed; `--start rcic--demo-yaml`: configs/demo.yaml, see recipes.txt). For
 each: (a) one round of `rcic pseudo` (predict the test experiments, plate post-processing, keep the
 most confident `fraction` of every plate's wells, fine-tune `epochs` epochs from the last weights);
 (b) the same fine-tuning from the same weights without pseudo-labels, for as many optimiser steps
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--start", default="normalisation-plate", help="recipes.py run name, no seed")
+    ap.add_argument("--start", default="rcic--demo-yaml", help="recipes.py run name, no seed")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     data, st = args.work / "demo", args.work / "store"

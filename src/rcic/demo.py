@@ -106,7 +106,7 @@ def _train_and_predict(cfg: config.TrainConfig, run: Path, sites, store_dir) -> 
 def _profiles(out: Path, data: Path, sites, store_dir: Path) -> dict:
     """The first model's embeddings of wells it never trained on (its held-out fold, and the test
     experiments with the screen's hidden labels), corrected and scored as a profiling user would
-    (`rcic profiles`: out/profiles/)."""
+    (`rcic profiles --correction tvn`, which measured best for embeddings: out/profiles/)."""
     from rcic import profiles
 
     labelled, run = synth.with_test_labels(sites, data), out / "runs" / "model-0"
@@ -123,7 +123,7 @@ def _profiles(out: Path, data: Path, sites, store_dir: Path) -> dict:
         )  # fmt: skip
         for name, split in (("embed-fold", "0"), ("embed-test", "test"))
     ]
-    m = profiles.run_profiles(tables, out / "profiles", "standardize", truth=data / "synth.json")
+    m = profiles.run_profiles(tables, out / "profiles", "tvn", truth=data / "synth.json")
     return {
         "activity mAP": m["activity"]["mAP"],
         "consistency mAP": m["consistency"]["mAP"],
