@@ -1,5 +1,5 @@
-"""The README's demo table: run `rcic demo` once and print its stage table and wall time, then
-the image-statistics baselines on the same screen (benchmarks/synth_difficulty.py's, after the
+"""The README's demo table: run `rcic demo` once and print its stage table, wall time and profile
+figures, then the image-statistics baselines on the same screen (benchmarks/synth_difficulty.py's, after the
 timing) that the single model is measured against.
 
 Usage: python benchmarks/demo_table.py [--out /tmp/rcic-demo] [--seed 0]
@@ -34,6 +34,8 @@ def main() -> None:
     print(demo.format_demo_table(table))
     print(f"group choice right on {table['group_choice_right']:.0%} of test plates")
     print(json.dumps(table["rcic_cell_type"], indent=1))
+    print("model-0's profiles (rcic profiles --correction tvn, its held-out fold and the test wells): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in table["profiles"].items()))  # fmt: skip
     from synth_difficulty import baseline_table, fold0_experiments
 
     from rcic import metadata, synth
