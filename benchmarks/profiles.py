@@ -38,7 +38,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from rcic import (
     __version__,
@@ -60,7 +59,6 @@ OWN = ("tvn", "center_neg", "center_neg+align_pos", "tvn+align_pos")  # rcic's, 
 ARTEFACT = "center_neg per plate"
 CORRECTIONS = profiles.CORRECTIONS + OWN[1:] + (ARTEFACT,)
 FIGURES = ("val mAP", "activity mAP", "retrieved", "consistency mAP", "recall", "spearman")
-WELL_TYPE = {v: k for k, v in profiles.PERT_TYPE.items()}
 
 
 def figures(m: dict) -> dict:
@@ -80,11 +78,7 @@ def own_correction(tables: list[Path], steps: str, out: Path) -> Path:
     level = "plate" if steps.endswith(" per plate") else "experiment"
     frame, provenance = profiles.load_tables(tables)
     feats = profiles.feature_columns(frame)
-    meta = pd.DataFrame({
-        "experiment": frame["Metadata_Batch"], "plate": frame["Metadata_Plate"],
-        "well_type": frame["Metadata_pert_type"].map(WELL_TYPE),
-        "sirna": frame["Metadata_sirna_id"],
-    })  # fmt: skip
+    meta = profiles.embed_metadata(frame)
     values = embed.correct(
         frame[feats].to_numpy(np.float64), meta, steps.split(" ")[0].split("+"), level
     )
@@ -96,10 +90,7 @@ def own_correction(tables: list[Path], steps: str, out: Path) -> Path:
 def val_map(wells_path: Path) -> float:
     """Activity mAP on the corrected training-split wells, each siRNA's cell types together."""
     wells, _ = profiles.read_table(wells_path)
-    table, _ = profile_metrics.activity(
-        wells[wells["Metadata_split"] == "train"], per_cell_type=False
-    )
-    return float(table["mean_average_precision"].mean())
+    return profile_metrics.pooled_activity_map(wells[wells["Metadata_split"] == "train"])
 
 
 def score(tables: list[Path], out: Path, truth: Path) -> dict[str, dict]:

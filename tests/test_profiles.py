@@ -201,3 +201,5 @@ def test_tvn_whitens_each_experiments_negative_controls(feature_profiles):
 
     assert 0.5 < top_variance(out) <= 1 / 0.9 + 1e-3
     assert top_variance(profiles.correct(raw, "standardize")) > 3
+    with pytest.raises(InputError, match="at least 3 negative-control wells"):
+        profiles.correct(raw[raw["Metadata_pert_type"] != "negcon"], "tvn")

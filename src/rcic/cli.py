@@ -703,8 +703,9 @@ def _add_profiles(sub) -> None:
         help="batch-corrected profiles, consensus per siRNA and the field's metrics",
         description="Read profile tables (`rcic embed --out X.parquet`, `rcic features`), correct "
         "them through pycytominer (per experiment on the negative controls; spherize, spherize-pca: "
-        "then ZCA or PCA whitening) or rcic's tvn (whitened on the negative controls), and write OUT/wells.parquet, OUT/consensus.parquet (median per siRNA x cell "
-        "type and over all cell types), OUT/activity.csv and OUT/metrics.json: phenotypic activity "
+        "then ZCA or PCA whitening) or rcic's tvn (whitened on the negative controls), and write "
+        "OUT/wells.parquet, OUT/consensus.parquet (median per siRNA x cell type and over all cell "
+        "types), OUT/activity.csv and OUT/metrics.json: phenotypic activity "
         "(copairs mAP against the negative controls, fraction retrieved at corrected p < 0.05); with "
         "pathways (a synthetic screen's synth.json) or --relationships, phenotypic consistency and "
         "EFAAR's known-relationship recall; with synth.json, the Spearman correlation of true and "

@@ -91,7 +91,7 @@ def tvn(
     """
     neg = _negatives(meta)
     if neg.sum() < 3:
-        raise InputError("tvn needs negative-control wells in the embeddings (at least 3)")
+        raise InputError(f"tvn needs at least 3 negative-control wells; there are {int(neg.sum())}")
     centred = center_neg(emb, meta, level)
     cov = np.cov(centred[neg], rowvar=False)
     cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))

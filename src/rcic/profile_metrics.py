@@ -162,6 +162,14 @@ def consistency(consensus: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, d
     return table, params
 
 
+def pooled_activity_map(wells: pd.DataFrame, seed: int = 0) -> float:
+    """Mean activity mAP with each siRNA's wells of every cell type together: the score a
+    correction or its epsilon is chosen by on a validation split (which may hold one experiment
+    per cell type, so no siRNA has two wells of one cell type there)."""
+    table, _ = activity(wells, seed, per_cell_type=False)
+    return float(table["mean_average_precision"].mean())
+
+
 def summarise(table: pd.DataFrame) -> dict:
     """mAP and the fraction retrieved (corrected p < THRESHOLD), overall and per cell type."""
 

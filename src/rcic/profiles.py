@@ -199,17 +199,22 @@ def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataF
     return out[frame.columns]
 
 
+def embed_metadata(frame: pd.DataFrame) -> pd.DataFrame:
+    """The per-well columns `rcic.embed`'s corrections read (experiment, plate, well_type, sirna),
+    from a profile table's ``Metadata_*`` ones."""
+    return pd.DataFrame({
+        "experiment": frame["Metadata_Batch"].to_numpy(),
+        "plate": frame["Metadata_Plate"].to_numpy(),
+        "well_type": frame["Metadata_pert_type"].map({v: k for k, v in PERT_TYPE.items()}).to_numpy(),
+        "sirna": frame["Metadata_sirna_id"].to_numpy(),
+    })  # fmt: skip
+
+
 def _tvn(frame: pd.DataFrame) -> pd.DataFrame:
     from rcic import embed
 
     feats = feature_columns(frame)
-    if not (frame["Metadata_pert_type"] == "negcon").any():
-        raise InputError("tvn needs negative-control wells (Metadata_pert_type negcon)")
-    meta = pd.DataFrame({
-        "experiment": frame["Metadata_Batch"].to_numpy(),
-        "well_type": frame["Metadata_pert_type"].map({v: k for k, v in PERT_TYPE.items()}).to_numpy(),
-    })  # fmt: skip
-    values = embed.tvn(frame[feats].to_numpy(np.float64), meta, level="experiment")
+    values = embed.tvn(frame[feats].to_numpy(np.float64), embed_metadata(frame), "experiment")
     return make_table(frame[metadata_columns(frame)], values, feats).set_index(frame.index)
 
 
@@ -304,9 +309,7 @@ def choose_epsilon(
     scores = {}
     for eps in EPSILONS:
         part = correct(frame, method, eps)
-        wells = part[part["Metadata_split"] == split]
-        table, _ = profile_metrics.activity(wells, per_cell_type=False)
-        scores[eps] = float(table["mean_average_precision"].mean())
+        scores[eps] = profile_metrics.pooled_activity_map(part[part["Metadata_split"] == split])
     return max(scores, key=scores.get), {str(k): v for k, v in scores.items()}
 
 

@@ -29,6 +29,8 @@ from rcic import layout  # noqa: E402
 from rcic.errors import MissingFileError
 from rcic.fileio import atomic_text
 from rcic.images import composite  # noqa: E402
+from rcic.profile_metrics import cosine_matrix
+from rcic.profiles import feature_columns
 from rcic.store import SiteStore  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -326,8 +328,6 @@ def profile_section(folder: Path) -> str:
 
 
 def _features(frame: pd.DataFrame) -> np.ndarray:
-    from rcic.profiles import feature_columns
-
     return frame[feature_columns(frame)].to_numpy(float)
 
 
@@ -335,8 +335,6 @@ def _similarity_map(cons: pd.DataFrame) -> str:
     pooled = cons[(cons["Metadata_CellType"] == "all") & (cons["Metadata_pert_type"] == "trt")]
     order = ["Metadata_pathway", "Metadata_sirna_id"] if "Metadata_pathway" in pooled else []
     pooled = pooled.sort_values(order or "Metadata_sirna_id")
-    from rcic.profile_metrics import cosine_matrix
-
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     im = ax.imshow(cosine_matrix(_features(pooled)), cmap="RdBu_r", vmin=-1, vmax=1)
     fig.colorbar(im, ax=ax, label="cosine")
