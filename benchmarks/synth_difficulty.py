@@ -40,12 +40,13 @@ MAX_MINUTES = 45
 log = logging.getLogger("synth_difficulty")
 
 
-def screen(work: Path, preset: str, seed: int) -> tuple[Path, pd.DataFrame, Path]:
+def screen(work: Path, preset: str | synth.Preset, seed: int) -> tuple[Path, pd.DataFrame, Path]:
     data, st = work / "data", work / "store"
     t0 = time.perf_counter()
     if not (data / "test_labels.csv").exists():
         synth.generate(data, preset, seed)
-        print(f"generated the {preset} screen (seed {seed}) in {time.perf_counter() - t0:.1f} s")
+        name = preset if isinstance(preset, str) else preset.name
+        print(f"generated the {name} screen (seed {seed}) in {time.perf_counter() - t0:.1f} s")
     sites = metadata.load_metadata(data)
     if not (st / "store.json").exists():
         packing.pack(data, sites, st)
@@ -60,7 +61,9 @@ def fold0_experiments(sites: pd.DataFrame) -> list[str]:
     return sorted(e for e, f in fold_of.items() if f == 0)
 
 
-def baseline_table(sites: pd.DataFrame, st: Path, val_exps: list[str]) -> dict[str, float]:
+def baseline_table(
+    sites: pd.DataFrame, st: Path, val_exps: list[str], verbose: bool = True
+) -> dict[str, float]:
     wells = baselines.well_features(store.SiteStore(st), sites)
     rows = {}
     for form, frame in (("raw", wells), ("per-plate z", baselines.standardise_per_plate(wells))):
@@ -69,7 +72,8 @@ def baseline_table(sites: pd.DataFrame, st: Path, val_exps: list[str]) -> dict[s
             acc, c = baselines.tuned_baseline(train, val_exps, test, kind)
             rows[f"{kind}, {form}"] = acc
             extra = f" (C={c:g}, chosen on held-out training experiments)" if c == c else ""
-            print(f"  {kind:9} {form:12} {acc:.3f}{extra}", flush=True)
+            if verbose:
+                print(f"  {kind:9} {form:12} {acc:.3f}{extra}", flush=True)
     return rows
 
 

@@ -427,3 +427,59 @@ def test_golden_section_finds_the_minimum_within_its_tolerance():
         assert abs(got - target) < 0.02
     # at a bound when the minimum lies outside the range
     assert plates.golden_section(lambda x: x, -2.0, 2.0, tol=0.01) < -1.99
+
+
+def _marginal_by_brute_force(lp, exps, pls, pg):
+    """Each well's argmax over siRNAs of sum_o P(o | wells) P(siRNA | well, o's group of its plate),
+    P(o | wells) from each well's probability of o's group, written out order by order."""
+    p = np.exp(lp.astype(np.float64))
+    out = np.empty(len(lp), dtype=int)
+    orders = pg.candidate_orders()
+    for e in np.unique(exps):
+        on = exps == e
+        ll = np.array(
+            [
+                sum(
+                    np.log(p[on & (pls == k)][:, pg.groups[o[k - 1]]].sum(1)).sum()
+                    for k in np.unique(pls[on])
+                )
+                for o in orders
+            ]
+        )
+        weight = np.exp(ll - ll.max())
+        weight /= weight.sum()
+        for i in np.flatnonzero(on):
+            score = np.zeros(p.shape[1])
+            for o, w in zip(orders, weight, strict=True):
+                g = pg.groups[o[pls[i] - 1]]
+                score[g] += w * p[i, g] / p[i, g].sum()
+            out[i] = score.argmax()
+    return out
+
+
+def test_marginal_groups_weigh_every_order_by_its_posterior():
+    """A weak model on small plates: the orders are uncertain, and `marginal`'s groups stage is the
+    Bayes decision over them, which the most likely order alone (`loglik`) is not."""
+    lp, exps, pls, _, pg = _plates_with_signal(1.0, 1.0, m=6, n=5, seed=3)
+    lp = plates.log_softmax(np.where(np.arange(lp.shape[1]) < 24, lp, -60.0))  # 24 siRNAs in use
+    soft = plates.postprocess(lp, exps, pls, pg, group_method="marginal")
+    hard = plates.postprocess(lp, exps, pls, pg, group_method="loglik")
+    assert min(c.posterior for c in soft.choices.values()) < 0.9  # the orders are uncertain
+    np.testing.assert_array_equal(
+        soft.stages["groups"], _marginal_by_brute_force(lp, exps, pls, pg)
+    )
+    assert (soft.stages["groups"] != hard.stages["groups"]).any()
+    for choice in soft.choices.values():
+        for plate, q in choice.group_posterior.items():
+            assert q.sum() == pytest.approx(1.0)
+            assert choice.plate_posterior[plate] == pytest.approx(q[choice.plate_group[plate]])
+
+
+def test_marginal_groups_equal_the_chosen_order_when_it_is_sure():
+    lp, exps, pls, _, pg = _plates_with_signal(4.0, 1.0, m=20, n=16, seed=4)
+    soft = plates.postprocess(lp, exps, pls, pg, group_method="marginal", marginals=True)
+    hard = plates.postprocess(lp, exps, pls, pg, group_method="loglik", marginals=True)
+    assert min(c.posterior for c in soft.choices.values()) > 0.999
+    for stage in ("groups", "wells"):
+        np.testing.assert_array_equal(soft.stages[stage], hard.stages[stage])
+    np.testing.assert_allclose(soft.confidence, hard.confidence, rtol=1e-6)

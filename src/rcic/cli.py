@@ -458,6 +458,7 @@ def _add_plate_options(p) -> None:
     from rcic.plates import (
         CALIBRATE,
         CALIBRATE_DEFAULT,
+        GROUP_DEFAULT,
         GROUP_METHODS,
         SHARPEN,
         WELL_METHOD_DEFAULT,
@@ -476,7 +477,7 @@ def _add_plate_options(p) -> None:
         "it; auto (default) = use it when the files carry none, are several, or disagree with it by "
         "more than 2x; off = trust the files",
     )
-    p.add_argument("--group-method", choices=GROUP_METHODS, default="loglik")
+    p.add_argument("--group-method", choices=GROUP_METHODS, default=GROUP_DEFAULT)
     p.add_argument(
         "--well-method",
         choices=WELL_METHODS,

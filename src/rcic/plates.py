@@ -10,7 +10,12 @@ group choice (per experiment, over the candidate orders), by one of
   ``probsum``  the order maximising the summed per-well probability mass inside each plate's group;
   ``loglik``   the order maximising sum over wells of log P(well's siRNA is in its plate's group);
   ``joint``    the order maximising the likelihood of the best one-per-plate assignment;
-well decision (per plate, within its group), by one of
+  ``marginal`` no single order: every candidate order weighted by its posterior (from ``loglik``'s
+               likelihood, :func:`order_posterior`), so that a plate whose group the wells cannot
+               tell costs nothing; with a sure posterior it is ``loglik``;
+well decision (per plate, within its group; under ``marginal``, the ``sinkhorn`` and ``argmax``
+decisions are weighted over the plate's groups, the one-to-one ones take the most likely order),
+by one of
   ``argmax``   each well its most likely siRNA of the group;
   ``assign``   the maximum-likelihood one-to-one assignment (Hungarian, rectangular if wells are
                missing) -- the winning solution's way;
@@ -38,7 +43,10 @@ if TYPE_CHECKING:  # the CLI's parser imports this module: keep it light
 
 log = logging.getLogger(__name__)
 
-GROUP_METHODS = ("vote", "counts", "probsum", "loglik", "joint")
+GROUP_METHODS = ("vote", "counts", "probsum", "loglik", "joint", "marginal")
+# the group method rcic submit uses: chosen on TUNE plate maps and reported on others
+# (benchmarks/plates_soft.py)
+GROUP_DEFAULT = "loglik"
 WELL_METHODS = ("argmax", "assign", "sinkhorn", "sinkhorn_assign")
 # What each well decision is, in words (stages.json, the terminal summary and the report say it).
 WELL_DECISIONS = {
@@ -120,6 +128,7 @@ class GroupChoice:
     scores: dict[tuple[int, ...], float] = field(default_factory=dict)
     posterior: float = float("nan")  # P(chosen order | wells), see order_posterior
     plate_posterior: dict[int, float] = field(default_factory=dict)  # P(plate holds its group)
+    group_posterior: dict[int, np.ndarray] = field(default_factory=dict)  # plate -> P(group), (G,)
 
 
 def choose_groups(
@@ -129,9 +138,15 @@ def choose_groups(
     pg: PlateGroups,
     method: str = "loglik",
 ) -> dict[str, GroupChoice]:
-    """Choose each experiment's plate groups from per-well treatment log-probabilities."""
+    """Choose each experiment's plate groups from per-well treatment log-probabilities.
+
+    ``marginal`` chooses as ``loglik`` does (the most likely order, which the groups table
+    reports); :func:`postprocess` then weights every order by its posterior instead.
+    """
     if method not in GROUP_METHODS:
         raise InputError(f"group method {method!r}: expected one of {GROUP_METHODS}")
+    if method == "marginal":
+        method = "loglik"
     glp = group_log_probs(lp, pg)
     top = group_index(pg)[lp.argmax(1)]
     out = {}
@@ -177,9 +192,14 @@ def _attach_posterior(
     choice.posterior = float(
         sum(v for o, v in post.items() if all(o[p - 1] == g for p, g in choice.plate_group.items()))
     )
+    for p in choice.plate_group:
+        q = np.zeros(pg.n_groups)
+        for o, v in post.items():
+            if p - 1 < len(o):
+                q[o[p - 1]] += v
+        choice.group_posterior[p] = q
     choice.plate_posterior = {
-        p: float(sum(v for o, v in post.items() if p - 1 < len(o) and o[p - 1] == g))
-        for p, g in choice.plate_group.items()
+        p: float(choice.group_posterior[p][g]) for p, g in choice.plate_group.items()
     }
 
 
@@ -362,6 +382,11 @@ def postprocess(
     plate's chosen group) and ``wells`` (the well decision), as far as `stages` go. With
     `marginals`, ``confidence`` holds each final answer's one-per-plate marginal probability
     (what pseudo-labels rank by); otherwise the well's top probability.
+
+    Under ``marginal`` group choice, a plate's groups are weighted by their posterior q(g): the
+    ``groups`` stage takes each well's argmax of q(g) P(siRNA | well, g), the Bayes decision when
+    the plate's group is uncertain (P(siRNA | well, g) is the well's distribution renormalised
+    within g); ``sinkhorn`` weights each group's one-per-plate marginals by q(g) the same way.
     """
     out = {"ensemble": lp.argmax(1)}
     confidence = np.exp(lp.max(1))
@@ -371,22 +396,80 @@ def postprocess(
     choices = choose_groups(lp, experiments, plates, pg, group_method)
     masked = out["ensemble"].copy()
     final = masked.copy()
+    soft = group_method == "marginal"
     for exp, choice in choices.items():
         for plate, g in choice.plate_group.items():
             sel = np.flatnonzero((experiments == exp) & (plates == plate))
-            members = pg.groups[g]
-            sub = lp[np.ix_(sel, members)]
-            masked[sel] = members[sub.argmax(1)]
+            weights = _group_weights(choice, plate, g, soft)
+            decided = _decide_over_groups(
+                lp[sel], pg, weights, well_method if "wells" in stages else None, sharpen, marginals
+            )
+            masked[sel] = decided.groups
             if "wells" in stages:
-                final[sel] = members[decide_plate(sub, well_method, sharpen)]
-            if "wells" in stages and marginals:
-                confidence[sel] = np.exp(
-                    sinkhorn(sub)[np.arange(len(sel)), np.searchsorted(members, final[sel])]
-                )
+                final[sel] = decided.wells
+                if marginals:
+                    confidence[sel] = decided.confidence
     out["groups"] = masked
     if "wells" in stages:
         out["wells"] = final
     return PostResult(out, choices, confidence)
+
+
+# groups whose posterior weight is below this share of the plate's best are not scored
+MIN_GROUP_WEIGHT = 1e-4
+
+
+def _group_weights(choice: GroupChoice, plate: int, g: int, soft: bool) -> dict[int, float]:
+    """Group -> weight for one plate: the chosen group alone, or (soft) every group with a
+    posterior of at least MIN_GROUP_WEIGHT of the best."""
+    q = choice.group_posterior.get(plate) if soft else None
+    if q is None or not np.isfinite(q).all() or q.max() <= 0:
+        return {g: 1.0}
+    return {int(k): float(w) for k, w in enumerate(q) if w >= MIN_GROUP_WEIGHT * q.max()}
+
+
+@dataclass
+class _PlateDecision:
+    groups: np.ndarray  # siRNA per well after the groups stage
+    wells: np.ndarray | None  # after the well decision
+    confidence: np.ndarray | None  # the final answer's one-per-plate marginal
+
+
+def _decide_over_groups(
+    lp: np.ndarray,
+    pg: PlateGroups,
+    weights: dict[int, float],
+    well_method: str | None,
+    sharpen: float,
+    marginals: bool,
+) -> _PlateDecision:
+    """One plate's stages, each group g scored with its weight: (wells x siRNAs) scores
+    log w(g) + log P(siRNA | well, g) for the groups stage, and log w(g) + log(one-per-plate
+    marginal) for ``sinkhorn``; one-to-one decisions use the heaviest group alone."""
+    n = len(lp)
+    group_score = np.full((n, lp.shape[1]), -np.inf)
+    well_score = np.full_like(group_score, -np.inf)
+    marginal = np.full_like(group_score, -np.inf)
+    for k, w in weights.items():
+        members = pg.groups[k]
+        sub = lp[:, members].astype(np.float64)
+        group_score[:, members] = np.log(w) + sub - _logsumexp(sub, axis=1)[:, None]
+        if well_method == "sinkhorn":
+            well_score[:, members] = np.log(w) + sinkhorn(sub / sharpen, tol=DECISION_TOL)
+        if marginals:
+            marginal[:, members] = np.log(w) + sinkhorn(sub)
+    groups = group_score.argmax(1)
+    if well_method is None:
+        return _PlateDecision(groups, None, None)
+    if well_method == "sinkhorn":
+        wells = well_score.argmax(1)
+    elif well_method == "argmax":
+        wells = groups
+    else:
+        members = pg.groups[max(weights, key=weights.get)]
+        wells = members[decide_plate(lp[:, members], well_method, sharpen)]
+    confidence = np.exp(marginal[np.arange(n), wells]) if marginals else None
+    return _PlateDecision(groups, wells, confidence)
 
 
 # --- calibration from the plate structure -----------------------------------------------------

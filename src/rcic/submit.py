@@ -25,6 +25,7 @@ from rcic.metadata import load_metadata, wells_of
 from rcic.metrics import accuracy_table, read_id_sirna
 from rcic.plates import (
     CALIBRATE_DEFAULT,
+    GROUP_DEFAULT,
     SHARPEN,
     WELL_DECISIONS,
     WELL_METHOD_DEFAULT,
@@ -103,7 +104,7 @@ def _rows_of(have: np.ndarray, want: np.ndarray, path) -> np.ndarray:
 class SubmitOptions:
     """How `make_submission` turns per-well log-probabilities into one siRNA per well."""
 
-    group_method: str = "loglik"
+    group_method: str = GROUP_DEFAULT
     well_method: str = WELL_METHOD_DEFAULT
     sharpen: float = SHARPEN
     calibrate: str = CALIBRATE_DEFAULT
