@@ -205,3 +205,21 @@ def test_layout_from_real_tables(tmp_path):
     test_exps = set(real[real.split == "test"].experiment)
     train_shifts = {s for e, s in truth["shifts"].items() if e not in test_exps}
     assert {s for e, s in truth["shifts"].items() if e in test_exps} - train_shifts
+
+
+def test_every_cell_shows_its_front():
+    """The polarity dims are read against a cell's front, so the front must show: its actin edge
+    lies at the opposite end of the cell from where the nucleus is set back, in every frame."""
+    zero = np.zeros(cellsim.N_DIMS)
+    dy, dx = np.mgrid[-30:31, -30:31].astype(np.float32)
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        theta = rng.uniform(0, np.pi)
+        f = cellsim._frame(rng, zero, dx, dy, theta, 14.0, 1.8, 7.0, 1.3)
+        front = np.array([np.cos(theta), np.sin(theta)])  # the cell's long axis, either end
+        edge = cellsim._leading_edge(f)
+        at_edge = np.array([(edge * dx).sum(), (edge * dy).sum()]) / edge.sum()
+        at_nucleus = np.array([(f.nucleus * dx).sum(), (f.nucleus * dy).sum()]) / f.nucleus.sum()
+        # the edge sits well out along the axis, the nucleus a little the other way
+        assert abs(at_edge @ front) > 5.0, seed
+        assert (at_edge @ front) * (at_nucleus @ front) < 0, seed

@@ -2,16 +2,20 @@
 
 The model follows the simulators in the literature (SimuCell, SIMCEP: subpopulations of cells with
 their own shapes and markers, then image formation) and is built so that a screen's labels live in
-*arrangement*, which image-wide numbers cannot read (generator v3):
+*arrangement*, which image-wide numbers cannot read (generator v4):
 
 - Each cell has a frame: its long axis (lined up with a per-site axis as much as
   ``cell_alignment`` says), its nucleus' long axis (turned from the cell's by
-  ``nucleus_orientation``), and a front at one end of the nucleus axis. An siRNA moves where
-  stains lie in that frame (see ``MORPH_DIMS``): the nucleus off centre, ER gathered behind the
-  nucleus, RNA and nucleoli toward the front, mitochondria on one side (along the nucleus axis or
-  across it), Golgi in front or behind, actin fibres along the cell or across it. A polarity dim
+  ``nucleus_orientation``), and a front at one end, which shows as a migrating cell's does: an
+  actin-rich leading edge at that end of the cell (``LEADING_EDGE``) and the nucleus a little set
+  back from it. An siRNA moves where stains lie in that frame (see ``MORPH_DIMS``): the nucleus
+  off centre, ER gathered behind the nucleus, RNA and nucleoli toward the front, mitochondria on
+  one side (along the nucleus axis or across it), Golgi in front or behind, actin fibres along
+  the cell or across it. A polarity dim
   sets how consistently cells take that side; every cell gathers its stain equally either way,
-  so the histogram of a channel does not move.
+  so the histogram of a channel does not move. (In v3 only the small set-back of the nucleus
+  marked the front, so a side "toward the front" could hardly be told from one away from it, and
+  the demo recipe stayed at chance: benchmarks/results/learnability_v3.txt.)
 - Effects on brightness, size, texture, clustering and cell states are damped (``DAMPED``) until
   the leak audit (``rcic.baselines.leak_audit``) finds no dimension moving any of the baselines'
   42 statistics by more than half their well-to-well spread; direct intensity effects
@@ -46,7 +50,7 @@ from scipy.special import expit
 
 from rcic import layout
 
-GENERATOR = 3  # the simulator's version, written to a screen's synth.json
+GENERATOR = 4  # the simulator's version, written to a screen's synth.json
 MORPH_DIMS = (
     "nucleus_size",
     "nucleus_elongation",
@@ -115,6 +119,12 @@ CELL_TYPES = {
 INTENSITY_EFFECT = 0.004  # log-intensity change per unit of an intensity dimension: tiny
 NUCLEUS = 0.55  # nucleus radius / cell radius of a typical cell
 BODY = 1.25  # a cell's body reaches past half the spacing of cells: a confluent layer
+# The front of every cell, whatever the siRNA (no label lives here; it is the frame the polarity
+# dims are read in): the share of a cell's actin in a crescent along its rim at the front end.
+# Drawn in the cell's frame, not the nucleus', so that turning the nucleus does not move it.
+LEADING_EDGE = 0.35
+# How tightly ER, RNA and mitochondria gather around the side they take (von Mises sharpness).
+GATHER = {"er": 2.0, "rna": 2.0, "mito": 2.5}
 PATHWAY_SHARE = 0.35  # share of a treatment's phenotype common to its pathway
 MAX_RADIUS, MAX_ELONGATION = 1.8, 4.0  # bounds on a cell's radius (x the type's) and elongation
 MAX_HALF = MAX_RADIUS * np.sqrt(MAX_ELONGATION) * 1.25  # largest drawing window, in cell radii
@@ -433,6 +443,7 @@ class _Frame:
 
     cell: np.ndarray  # the cell body, 0..1
     rho_c: np.ndarray  # radius in units of the cell's outline
+    phi: np.ndarray  # angle around the cell's centre, 0 toward the front end of its long axis
     nucleus: np.ndarray  # the nucleus, 0..1
     cyto: np.ndarray  # the cytoplasm, 0..1
     around: np.ndarray  # room around the nucleus that organelles may take
@@ -468,17 +479,21 @@ def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p, axis) -> None:
         f.cyto,
         f.t,
         0.4 * np.exp(0.6 * p[D["er_spread"]]),
-        (0.8 + 0.25 * np.clip(tex[1], -1, 2)) * _toward(f.ang, er_at, 0.6),
+        (0.8 + 0.25 * np.clip(tex[1], -1, 2)) * _toward(f.ang, er_at, GATHER["er"]),
         f.around,
     )
-    planes[2] = _actin(rng, p, f.cell, f.cyto, f.rho_c, tex, dx, dy, theta, r_cell)
+    actin = _actin(rng, p, f.cell, f.cyto, f.rho_c, tex, dx, dy, theta, r_cell)
+    edge = _leading_edge(f)
+    planes[2] = (1 - LEADING_EDGE) * actin + LEADING_EDGE * edge * (
+        actin.sum() / (edge.sum() + 1e-6)
+    )
     rna_at = _gather(rng, p[D["rna_polarity"]], f.front, back)
-    rna = _spread(f.cyto, f.t, 1.0, _toward(f.ang, rna_at, 0.7), f.around)
+    rna = _spread(f.cyto, f.t, 1.0, _toward(f.ang, rna_at, GATHER["rna"]), f.around)
     planes[3] = _nucleoli(rng, p, state, f.nucleus, rna, f.nu, f.nv, f.an, f.bn, r_n, f.front)
     across = np.pi / 2 * _sig(2 * p[D["mito_position"]] - 1.5 + rng.normal(0, 0.3))
     turn = across * rng.choice((-1, 1))
     mito_at = _gather(rng, p[D["mito_polarity"]], back + turn, f.front + turn)
-    mito = (0.5 + 1.0 * np.maximum(tex[0], 0)) * _toward(f.ang, mito_at, 1.5)
+    mito = (0.5 + 1.0 * np.maximum(tex[0], 0)) * _toward(f.ang, mito_at, GATHER["mito"])
     planes[4] = _spread(f.cyto, f.t, 0.35, mito, f.around)
     golgi_at = _gather(rng, p[D["golgi_side"]], back, f.front)
     planes[5] = _golgi(rng, p, f.cell, f.around + f.nucleus, f.rho_c, f.nu, f.nv, r_n, golgi_at)
@@ -516,6 +531,7 @@ def _frame(rng, p, dx, dy, theta, r_c, e_c, r_n, e_n) -> _Frame:
     return _Frame(
         cell=cell,
         rho_c=rho_c,
+        phi=phi if ahead > 0 else phi + np.pi,
         nucleus=nucleus,
         cyto=cell * (1 - nucleus),
         around=_sig((1.3 - rho_c) * 9) * (1 - nucleus),
@@ -527,6 +543,12 @@ def _frame(rng, p, dx, dy, theta, r_c, e_c, r_n, e_n) -> _Frame:
         an=an,
         bn=bn,
     )
+
+
+def _leading_edge(f: _Frame) -> np.ndarray:
+    """A crescent along the inside of the cell's rim at its front end: where a migrating cell's
+    actin gathers, and what marks its front in the image."""
+    return f.cell * np.exp(-(((f.rho_c - 0.8) / 0.2) ** 2)) * _toward(f.phi, 0.0, 2.0)
 
 
 def _nucleus_plane(rng, p, state, nucleus, tex, nu, nv, r_n):
