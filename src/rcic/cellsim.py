@@ -11,11 +11,11 @@ their own shapes and markers, then image formation) and is built so that a scree
   back from it. An siRNA moves where stains lie in that frame (see ``MORPH_DIMS``): the nucleus
   off centre, ER gathered behind the nucleus, RNA and nucleoli toward the front, mitochondria on
   one side (along the nucleus axis or across it), Golgi in front or behind, actin fibres along
-  the cell or across it. A polarity dim
-  sets how consistently cells take that side; every cell gathers its stain equally either way,
-  so the histogram of a channel does not move. (In v3 only the small set-back of the nucleus
-  marked the front, so a side "toward the front" could hardly be told from one away from it, and
-  the demo recipe stayed at chance: benchmarks/results/learnability_v3.txt.)
+  the cell or across it. A polarity dim sets how consistently cells take that side; every cell
+  gathers its stain equally either way, so the histogram of a channel does not move. (In v3 only
+  the small set-back of the nucleus marked the front, so a side "toward the front" could hardly
+  be told from one away from it, and the demo recipe stayed at chance:
+  benchmarks/results/learnability_v3.txt.)
 - Effects on brightness, size, texture, clustering and cell states are damped (``DAMPED``) until
   the leak audit (``rcic.baselines.leak_audit``) finds no dimension moving any of the baselines'
   42 statistics by more than half their well-to-well spread; direct intensity effects
