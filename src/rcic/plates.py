@@ -333,11 +333,7 @@ def decide_plate(
     n, m = lp_group.shape
     if method == "argmax":
         return lp_group.argmax(1)
-    score = (
-        sinkhorn(lp_group / sharpen, tol=DECISION_TOL)
-        if method.startswith("sinkhorn")
-        else lp_group
-    )
+    score = _decision_marginals(lp_group, sharpen) if method.startswith("sinkhorn") else lp_group
     if method == "sinkhorn":
         return score.argmax(1)
     if n > m:  # more wells than siRNAs: no one-to-one answer exists; documented fallback
@@ -354,6 +350,11 @@ def decide_plate(
     choice = np.empty(n, dtype=np.int64)
     choice[rows] = cols
     return choice
+
+
+def _decision_marginals(lp_group: np.ndarray, sharpen: float) -> np.ndarray:
+    """Log one-per-plate marginals of the sharpened probabilities, to the decisions' tolerance."""
+    return sinkhorn(lp_group / sharpen, tol=DECISION_TOL)
 
 
 @dataclass
@@ -443,32 +444,32 @@ def _decide_over_groups(
     sharpen: float,
     marginals: bool,
 ) -> _PlateDecision:
-    """One plate's stages, each group g scored with its weight: (wells x siRNAs) scores
-    log w(g) + log P(siRNA | well, g) for the groups stage, and log w(g) + log(one-per-plate
-    marginal) for ``sinkhorn``; one-to-one decisions use the heaviest group alone."""
-    n = len(lp)
-    group_score = np.full((n, lp.shape[1]), -np.inf)
-    well_score = np.full_like(group_score, -np.inf)
-    marginal = np.full_like(group_score, -np.inf)
-    for k, w in weights.items():
-        members = pg.groups[k]
-        sub = lp[:, members].astype(np.float64)
-        group_score[:, members] = np.log(w) + sub - _logsumexp(sub, axis=1)[:, None]
-        if well_method == "sinkhorn":
-            well_score[:, members] = np.log(w) + sinkhorn(sub / sharpen, tol=DECISION_TOL)
-        if marginals:
-            marginal[:, members] = np.log(w) + sinkhorn(sub)
-    groups = group_score.argmax(1)
-    if well_method is None:
-        return _PlateDecision(groups, None, None)
+    """One plate's stages, each group g scored with its weight: (wells x the weighted groups'
+    siRNAs) scores log w(g) + log P(siRNA | well, g) for the groups stage, and log w(g) +
+    log(one-per-plate marginal) for ``sinkhorn``; one-to-one decisions use the heaviest group."""
+    cols = np.concatenate([pg.groups[k] for k in weights])
+    start = np.cumsum([0] + [len(pg.groups[k]) for k in weights])
+    group_score = np.empty((len(lp), len(cols)))
+    well_score = np.empty_like(group_score) if well_method == "sinkhorn" else None
+    marginal = np.empty_like(group_score) if marginals else None
+    for i, (k, w) in enumerate(weights.items()):
+        span = slice(start[i], start[i + 1])
+        sub = lp[:, pg.groups[k]].astype(np.float64)
+        group_score[:, span] = np.log(w) + sub - _logsumexp(sub, axis=1)[:, None]
+        if well_score is not None:
+            well_score[:, span] = np.log(w) + _decision_marginals(sub, sharpen)
+        if marginal is not None:
+            marginal[:, span] = np.log(w) + sinkhorn(sub)
+    pick = group_score.argmax(1)
+    groups = cols[pick]
     if well_method == "sinkhorn":
-        wells = well_score.argmax(1)
-    elif well_method == "argmax":
-        wells = groups
-    else:
-        members = pg.groups[max(weights, key=weights.get)]
-        wells = members[decide_plate(lp[:, members], well_method, sharpen)]
-    confidence = np.exp(marginal[np.arange(n), wells]) if marginals else None
+        pick = well_score.argmax(1)
+    elif well_method not in (None, "argmax"):
+        i = int(np.argmax(list(weights.values())))  # the heaviest group
+        members = pg.groups[list(weights)[i]]
+        pick = start[i] + decide_plate(lp[:, members], well_method, sharpen)
+    wells = None if well_method is None else cols[pick]
+    confidence = np.exp(marginal[np.arange(len(lp)), pick]) if marginals else None
     return _PlateDecision(groups, wells, confidence)
 
 
