@@ -71,6 +71,7 @@ RECIPES = {
     "normalisation=plate_neg": ("demo.yaml", ["normalisation=plate_neg"], "sites"),
     "normalisation=image": ("demo.yaml", ["normalisation=image"], "sites"),
     "normalisation=global": ("demo.yaml", ["normalisation=global"], "sites"),
+    "lr=0.004 (twice)": ("demo.yaml", ["lr=0.004"], "sites"),
     "single cells (cells.yaml)": ("cells.yaml", [], "cells"),
     f"aligned cells ({ALIGN})": ("cells.yaml", [], "aligned"),
     "efficientnet_lite0, scratch": ("demo.yaml", ["backbone=efficientnet_lite0"], "sites"),
