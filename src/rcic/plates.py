@@ -397,21 +397,21 @@ def postprocess(
     choices = choose_groups(lp, experiments, plates, pg, group_method)
     masked = out["ensemble"].copy()
     final = masked.copy()
-    soft = group_method == "marginal"
+    soft, wells = group_method == "marginal", "wells" in stages
     for exp, choice in choices.items():
         for plate, g in choice.plate_group.items():
             sel = np.flatnonzero((experiments == exp) & (plates == plate))
             weights = _group_weights(choice, plate, g, soft)
             decided = _decide_over_groups(
-                lp[sel], pg, weights, well_method if "wells" in stages else None, sharpen, marginals
+                lp[sel], pg, weights, well_method if wells else None, sharpen, marginals and wells
             )
             masked[sel] = decided.groups
-            if "wells" in stages:
+            if wells:
                 final[sel] = decided.wells
                 if marginals:
                     confidence[sel] = decided.confidence
     out["groups"] = masked
-    if "wells" in stages:
+    if wells:
         out["wells"] = final
     return PostResult(out, choices, confidence)
 
