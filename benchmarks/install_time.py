@@ -44,7 +44,8 @@ def main() -> None:
         print(f"make setup on a fresh clone of {head}: {setup:.0f} s ({setup / 60:.1f} min)")
         if args.demo:
             demo, out = timed(["make", "demo"], clone)
-            table = "Accuracy on the test" + out.partition("Accuracy on the test")[2]
+            _, head, rest = out.partition("Accuracy on the test")
+            table = head + rest if head else out[-2000:]  # the stage table, else the output's tail
             print(f"make demo after it: {demo:.0f} s ({demo / 60:.1f} min)")
             print(table.rstrip())
             total = (setup + demo) / 60

@@ -82,11 +82,15 @@ RECIPES = {
 PSEUDO_EPOCHS, PSEUDO_FRACTION = 4, 0.5
 
 
+def well_accuracy(res: dict) -> float:
+    """Per-well accuracy of predicted logits (`logits`, `sirna` arrays, as a logits file holds)."""
+    return float((treatment_argmax(res["logits"]) == res["sirna"]).mean())
+
+
 def accuracy(run: Path, sites, st: SiteStore, split: str) -> float:
     model, cfg = runs.load_checkpoint(run, "last")
     chosen = samples.split_sites(sites, split, cfg)
-    res = predict.predict_logits(model, cfg, chosen, st, views=8, progress=False)
-    return float((treatment_argmax(res["logits"]) == res["sirna"]).mean())
+    return well_accuracy(predict.predict_logits(model, cfg, chosen, st, views=8, progress=False))
 
 
 def train_and_score(cfg, run: Path, sites, labelled, store_path: Path, st: SiteStore) -> dict:
@@ -164,8 +168,7 @@ def embedding_head(run: Path, labelled, st: Path) -> dict:
             )
     out = run / "embed-head-test.npz"
     cv = embed_pipeline.fit_apply(paths["0"], paths["test"], out, ["standardize"], "plate")
-    res = read_logits(out)
-    test = float((treatment_argmax(res["logits"]) == res["sirna"]).mean())
+    test = well_accuracy(read_logits(out))
     return {"val": cv["cv_accuracy"], "test": test, "epochs": 0}
 
 

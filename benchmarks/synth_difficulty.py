@@ -80,9 +80,10 @@ def baseline_table(
 
 
 def cnn_row(work: Path, data: Path, sites: pd.DataFrame, st: Path, cfg, name: str) -> dict:
+    from recipes import well_accuracy
+
     from rcic import predict, submit, train
     from rcic.logitsfile import read_logits
-    from rcic.metrics import treatment_argmax
 
     run = work / name
     t0 = time.perf_counter()
@@ -90,7 +91,7 @@ def cnn_row(work: Path, data: Path, sites: pd.DataFrame, st: Path, cfg, name: st
         train.train(cfg, sites, st, run, progress=False)
     minutes = (time.perf_counter() - t0) / 60
     fold = read_logits(predict.predict_run(run, sites, st, "0", run / "fold.npz", progress=False))
-    val = float((treatment_argmax(fold["logits"]) == fold["sirna"]).mean())
+    val = well_accuracy(fold)
     temp = float(fold["temperature"])
     test = predict.predict_run(
         run, sites, st, "test", run / "test.npz", temperature=temp, progress=False
