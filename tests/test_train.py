@@ -119,6 +119,21 @@ def test_bf16_only_where_asked_and_not_on_a_deterministic_cpu_run():
     assert tta.use_bf16(gpu, amp=True, deterministic=True)  # CUDA kernels have their own switch
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+def test_weight_decay_reaches_the_weights_only(optimizer):
+    """Convolution and linear weights are decayed; biases and norm parameters are not, and every
+    parameter is in exactly one of the two groups."""
+    cfg = _cfg("backbone=resnet10t", f"optimizer={optimizer}", "weight_decay=0.5")
+    model = models.build_model(cfg)
+    decay, no_decay = train.make_optimizer(model, cfg).param_groups
+    assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert all(p.ndim == 1 for p in no_decay["params"])
+    grouped = {id(p) for p in decay["params"] + no_decay["params"]}
+    assert len(grouped) == len(decay["params"]) + len(no_decay["params"])
+    assert grouped == {id(p) for p in model.parameters()}
+
+
 def test_threads_follow_the_cores_given(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
