@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint clean
 
-# pip byte-compiles every file it installs (mostly torch modules nothing imports): a third of the
-# install's time. Instead, what rcic and its tests import is compiled once, by importing it.
+# pip byte-compiles every file it installs, mostly torch modules that nothing imports, and that
+# took much of the install's time. Instead, what rcic and its tests import is compiled once, by
+# importing it (benchmarks/results/install_time.txt times the whole make demo).
 WARM := copairs.map copairs.matching sklearn.discriminant_analysis sklearn.linear_model \
 	sklearn.pipeline pycytominer pyarrow.parquet scipy.optimize scipy.stats matplotlib.pyplot \
 	torch.distributed pytest
