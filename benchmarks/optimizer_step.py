@@ -37,8 +37,8 @@ def _model(cfg):
     return build_model(cfg).to(memory_format=torch.channels_last).train()
 
 
-def _backward(model, cfg, x, y, ct) -> None:
-    with autocast(torch.device("cpu"), cfg.amp):
+def _backward(model, cfg, x, y, ct, amp: bool = True) -> None:
+    with autocast(torch.device("cpu"), amp and cfg.amp):
         out = model(x, ct)
     compute_loss(out, y, y, 1.0, cfg).backward()
 
@@ -78,8 +78,7 @@ def drift(cfg, steps: int) -> float:
         model, (x, y, ct) = _model(cfg), _batch(cfg)
         opt = _optimizer(model, cfg, kind)
         for _ in range(steps):
-            out = model(x, ct)
-            compute_loss(out, y, y, 1.0, cfg).backward()
+            _backward(model, cfg, x, y, ct, amp=False)
             opt.step()
             opt.zero_grad(set_to_none=True)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
