@@ -50,7 +50,7 @@ from scipy.special import expit
 
 from rcic import layout
 
-GENERATOR = 4  # the simulator's version, written to a screen's synth.json
+GENERATOR = 5  # the simulator's version, written to a screen's synth.json
 MORPH_DIMS = (
     "nucleus_size",
     "nucleus_elongation",
@@ -111,9 +111,9 @@ class CellType:
 
 
 CELL_TYPES = {
-    "HEPG2": CellType(0.52, 1.2, 1.3, (150, 11, 55, 55, 45, 55), (40, 20, 48, 38, 60, 26)),
-    "HUVEC": CellType(1.0, 1.9, 1.0, (13, 15, 6, 19, 1.8, 14), (0.3, 5, 3, 5, 0.2, 6)),
-    "RPE": CellType(1.05, 1.4, 1.15, (21, 9, 24, 19, 5, 22), (2, 5, 13, 4, 2, 10)),
+    "HEPG2": CellType(0.52, 1.2, 1.3, (150, 11, 55, 55, 32, 55), (40, 20, 48, 38, 60, 26)),
+    "HUVEC": CellType(1.0, 1.9, 1.0, (13, 15, 6, 19, 1.2, 14), (0.3, 5, 3, 5, 0.2, 6)),
+    "RPE": CellType(1.05, 1.4, 1.15, (21, 9, 24, 19, 3.5, 22), (2, 5, 13, 4, 3.5, 10)),
     "U2OS": CellType(0.98, 1.4, 1.0, (28, 10, 10, 16, 1.5, 15), (1.5, 4, 5, 4, 0.4, 7)),
 }
 INTENSITY_EFFECT = 0.004  # log-intensity change per unit of an intensity dimension: tiny
@@ -124,7 +124,7 @@ BODY = 1.25  # a cell's body reaches past half the spacing of cells: a confluent
 # Drawn in the cell's frame, not the nucleus', so that turning the nucleus does not move it.
 LEADING_EDGE = 0.35
 # How tightly ER, RNA and mitochondria gather around the side they take (von Mises sharpness).
-GATHER = {"er": 2.0, "rna": 2.0, "mito": 2.5}
+GATHER = {"er": 2.0, "rna": 2.0, "mito": 1.5}
 PATHWAY_SHARE = 0.35  # share of a treatment's phenotype common to its pathway
 MAX_RADIUS, MAX_ELONGATION = 1.8, 4.0  # bounds on a cell's radius (x the type's) and elongation
 MAX_HALF = MAX_RADIUS * np.sqrt(MAX_ELONGATION) * 1.25  # largest drawing window, in cell radii
@@ -494,7 +494,7 @@ def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p, axis) -> None:
     turn = across * rng.choice((-1, 1))
     mito_at = _gather(rng, p[D["mito_polarity"]], back + turn, f.front + turn)
     mito = (0.5 + 1.0 * np.maximum(tex[0], 0)) * _toward(f.ang, mito_at, GATHER["mito"])
-    planes[4] = _spread(f.cyto, f.t, 0.35, mito, f.around)
+    planes[4] = _spread(f.cyto, f.t, 1.0, mito, f.around)  # a network through the cytoplasm
     golgi_at = _gather(rng, p[D["golgi_side"]], back, f.front)
     planes[5] = _golgi(rng, p, f.cell, f.around + f.nucleus, f.rho_c, f.nu, f.nv, r_n, golgi_at)
     if state == "dying":
