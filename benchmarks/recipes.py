@@ -69,7 +69,7 @@ RECIPES = {
     "no control wells": ("demo.yaml", ["use_controls=false"], "sites"),
     "no cell-type input": ("demo.yaml", ["cell_type_input=false"], "sites"),
     "normalisation=plate_neg": ("demo.yaml", ["normalisation=plate_neg"], "sites"),
-    "normalisation=image": ("demo.yaml", ["normalisation=image"], "sites"),
+    "normalisation=plate": ("demo.yaml", ["normalisation=plate"], "sites"),
     "normalisation=global": ("demo.yaml", ["normalisation=global"], "sites"),
     "lr=0.004 (twice)": ("demo.yaml", ["lr=0.004"], "sites"),
     "single cells (cells.yaml)": ("cells.yaml", [], "cells"),
