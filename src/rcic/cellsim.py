@@ -2,7 +2,7 @@
 
 The model follows the simulators in the literature (SimuCell, SIMCEP: subpopulations of cells with
 their own shapes and markers, then image formation) and is built so that a screen's labels live in
-*arrangement*, which image-wide numbers cannot read (generator v4):
+*arrangement*, which image-wide numbers cannot read (since generator v4; v5 re-fits w5):
 
 - Each cell has a frame: its long axis (lined up with a per-site axis as much as
   ``cell_alignment`` says), its nucleus' long axis (turned from the cell's by
