@@ -10,7 +10,8 @@ BIN := $(VENV)/bin
 # importing it (benchmarks/results/install_time.txt times the whole make demo).
 WARM := copairs.map copairs.matching sklearn.discriminant_analysis sklearn.linear_model \
 	sklearn.pipeline pycytominer pyarrow.parquet scipy.optimize scipy.stats matplotlib.pyplot \
-	torch.distributed pytest
+	torch.distributed pytest skimage.segmentation skimage.feature skimage.filters \
+	cp_measure.featurizer cp_measure.bulk
 
 $(BIN)/rcic: pyproject.toml
 	$(PY) -m venv $(VENV)

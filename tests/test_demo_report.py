@@ -73,6 +73,7 @@ def test_report_renders_in_a_browser(demo_dir, tmp_path):
     assert "http://" not in text and "https://" not in text  # self-contained
     for section in (
         "Images",
+        "Segmentation",
         "Training",
         "Accuracy after each stage",
         "Test plates",
@@ -106,6 +107,8 @@ def test_report_renders_in_a_browser(demo_dir, tmp_path):
     m = re.search(r'data-images="(\d+)/(\d+)"', dom.stdout)
     assert m, "the page's load handler did not run"
     assert int(m[1]) == int(m[2]) >= 6, f"only {m[1]} of {m[2]} images decoded"
+    segmentation = dom.stdout.split("<h2>Segmentation</h2>")[1].split("<h2>")[0]
+    assert segmentation.count("<img") == 1
     # the profiles section as the browser built it: its table and both of its figures
     profiles = dom.stdout.split("<h2>Profiles</h2>")[1].split("<h2>")[0]
     assert "activity mAP" in profiles and profiles.count("<img") == 2

@@ -375,6 +375,14 @@ def render_site(
     rng: np.random.Generator, size: int, radius: float, well: Well, batch: Batch
 ) -> np.ndarray:
     """Render one site as uint8 (6, size, size)."""
+    return render_site_counted(rng, size, radius, well, batch)[0]
+
+
+def render_site_counted(
+    rng: np.random.Generator, size: int, radius: float, well: Well, batch: Batch
+) -> tuple[np.ndarray, int]:
+    """`render_site`'s image and how many cells were drawn on it (cells centred inside the site,
+    each with one nucleus): the truth a segmentation is checked against."""
     ct = cell_type(well.cell_type)
     r_cell = radius * ct.radius
     n = max(1, int(rng.poisson(ct.density * well.density * size**2 / (np.pi * r_cell**2))))
@@ -390,7 +398,7 @@ def render_site(
         _draw_cell(canvas, rng, pos[i], r_cell, ct.elongation, p, axis)
     level = np.asarray(ct.level, np.float32) * np.exp(INTENSITY_EFFECT * mean_p[N_MORPH:])
     img = canvas.crop() * level.astype(np.float32)[:, None, None]
-    return _form_image(img, rng, radius, well, batch, np.asarray(ct.background, np.float32))
+    return _form_image(img, rng, radius, well, batch, np.asarray(ct.background, np.float32)), n
 
 
 def _state(rng, p) -> str:

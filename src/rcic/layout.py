@@ -29,6 +29,8 @@ CHANNEL_NAMES = (
     "mitochondria",
     "Golgi and membrane",
 )
+# the channels' short names in feature columns, as Cell Painting's CellProfiler pipelines name them
+FEATURE_CHANNELS = ("DNA", "ER", "Actin", "RNA", "Mito", "Golgi")
 
 N_TREATMENTS = 1108
 N_POSITIVE = 30

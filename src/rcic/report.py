@@ -1,11 +1,11 @@
 """`rcic report`: one self-contained HTML file (images embedded) of a run or a demo folder.
 
-Sections: example images per cell type (RGB composites and the six channels), training curves, the
-accuracy after each stage per cell type and experiment, test plate maps (wells coloured correct /
-wrong / control / missing, with the chosen group and its margin), the most confused siRNA pairs and
-the spread of per-class accuracy, the profiles of `rcic profiles` (mAP per cell type, the
-consensus similarity map ordered by pathway, a 2-D projection of the corrected wells), and the
-run's configuration and versions.
+Sections: example images per cell type (RGB composites and the six channels), the nuclei and
+cells that segmentation finds on one site of each, training curves, the accuracy after each stage
+per cell type and experiment, test plate maps (wells coloured correct / wrong / control / missing,
+with the chosen group and its margin), the most confused siRNA pairs and the spread of per-class
+accuracy, the profiles of `rcic profiles` (mAP per cell type, the consensus similarity map ordered
+by pathway, a 2-D projection of the corrected wells), and the run's configuration and versions.
 """
 
 from __future__ import annotations
@@ -94,6 +94,23 @@ def example_images(store: SiteStore, per_type: int = 2) -> str:
                 a.axis("off")
         parts.append(f"<h3>{html.escape(ct)}</h3>{_png(fig)}")
     return "".join(parts)
+
+
+def segmentation_overlays(store: SiteStore) -> str:
+    """One site of each cell type with the nuclei and cells `rcic features --kind cellprofiler`
+    finds on it (rcic.segment), outlined over its DNA channel."""
+    from rcic.segment import Segmenter, overlay
+
+    index = store.index[store.packed & (store.index["well_type"] == "treatment")]
+    first = index.drop_duplicates("cell_type").sort_values("cell_type")
+    fig, axes = plt.subplots(1, len(first), figsize=(3.2 * len(first), 3.4), squeeze=False)
+    for ax, (_, row) in zip(axes[0], first.iterrows(), strict=True):
+        site = store.read(row["idx"])
+        labels = Segmenter().segment(site)
+        ax.imshow(overlay(site, labels), interpolation="nearest")
+        ax.set_title(f"{row['cell_type']}: {labels[0].max()} nuclei", fontsize=9)
+        ax.axis("off")
+    return _png(fig)
 
 
 def training_curves(runs: list[Path]) -> str:
@@ -262,6 +279,10 @@ def build_report(root: str | Path, out: str | Path) -> Path:
         sections += [
             "<h2>Images</h2><p class='caption'>Each cell type: RGB composite, then channels w1..w6.</p>",
             example_images(SiteStore(found["store"])),
+            "<h2>Segmentation</h2><p class='caption'>What `rcic features --kind cellprofiler` "
+            "measures: nuclei (red) and cells (green) found on one site of each cell type, over "
+            "its DNA channel; the cytoplasm is each cell without its nucleus.</p>",
+            segmentation_overlays(SiteStore(found["store"])),
         ]
     if found["runs"]:
         sections += ["<h2>Training</h2>", training_curves(found["runs"])]

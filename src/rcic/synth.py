@@ -267,7 +267,9 @@ def generate(
 
     Writes ``train.csv``, ``test.csv``, ``train_controls.csv``, ``test_controls.csv``,
     ``sample_submission.csv``, the PNGs under ``train/`` and ``test/``, the hidden test labels in
-    ``test_labels.csv`` and the generator's truth (groups, plate shifts, pathways) in ``synth.json``.
+    ``test_labels.csv``, the generator's truth (groups, plate shifts, pathways) in ``synth.json``
+    and, for rendered cells, how many cells each site holds in ``site_cells.csv`` (id_code, site,
+    n_cells: what a segmentation is checked against).
 
     Args:
         render: ``cells`` (the simulator) or ``noise`` (seeded random pixels, no phenotype: for
@@ -288,8 +290,7 @@ def generate(
         (str(out), spec, seed, exp, plate, group, render)
         for (exp, plate), group in wells.groupby(["experiment", "plate"])
     ]
-    with ordered_map(_render_plate, jobs, workers or os.cpu_count() or 1) as results:
-        list(tqdm(results, total=len(jobs), desc="rendering plates", unit="plate"))
+    _render(out, jobs, workers or os.cpu_count() or 1)
     _write_tables(out, wells)
     truth.update(
         preset=asdict(spec),
@@ -302,7 +303,16 @@ def generate(
     return out
 
 
-def _render_plate(job) -> int:
+def _render(out: Path, jobs: list, workers: int) -> None:
+    """Render the plates of `jobs`; with cells, write how many each site holds."""
+    with ordered_map(_render_plate, jobs, workers) as results:
+        counts = list(tqdm(results, total=len(jobs), desc="rendering plates", unit="plate"))
+    if any(c is not None for c in counts):
+        atomic_csv(pd.concat(counts, ignore_index=True), out / "site_cells.csv")
+
+
+def _render_plate(job) -> pd.DataFrame | None:
+    """Render one plate's PNGs; return how many cells each site holds (id_code, site, n_cells)."""
     root, spec, seed, exp, plate, wells, render = job
     if render == "noise":
         return _noise_plate(root, spec, seed, exp, plate, wells)
@@ -311,17 +321,23 @@ def _render_plate(job) -> int:
     split = wells["split"].iat[0]
     folder = Path(root) / split / exp / f"Plate{plate}"
     folder.mkdir(parents=True, exist_ok=True)
-    for well, sirna, ct in zip(wells["well"], wells["sirna"], wells["cell_type"], strict=True):
+    rows = []
+    for code, well, sirna, ct in wells[["id_code", "well", "sirna", "cell_type"]].itertuples(
+        index=False
+    ):
         cond = cellsim.well_conditions(seed, exp, plate, well, int(sirna), ct, pheno, batch)
         for site in layout.SITES:
             rng = cellsim.seeded(seed, "site", exp, plate, well, site)
-            img = cellsim.render_site(rng, spec.image_size, spec.cell_radius, cond, batch)
+            img, n = cellsim.render_site_counted(
+                rng, spec.image_size, spec.cell_radius, cond, batch
+            )
+            rows.append((code, site, n))
             for c in layout.CHANNELS:
                 write_png(folder / layout.png_name(well, site, c), img[c - 1])
-    return len(wells)
+    return pd.DataFrame(rows, columns=["id_code", "site", "n_cells"])
 
 
-def _noise_plate(root, spec, seed, exp, plate, wells) -> int:
+def _noise_plate(root, spec, seed, exp, plate, wells) -> None:
     folder = Path(root) / wells["split"].iat[0] / exp / f"Plate{plate}"
     folder.mkdir(parents=True, exist_ok=True)
     rng = cellsim.seeded(seed, "noise", exp, plate)
@@ -331,7 +347,7 @@ def _noise_plate(root, spec, seed, exp, plate, wells) -> int:
         for s, site in enumerate(layout.SITES):
             for c in layout.CHANNELS:
                 write_png(folder / layout.png_name(well, site, c), img[s, c - 1])
-    return len(wells)
+    return None
 
 
 def _write_tables(out: Path, wells: pd.DataFrame) -> None:
