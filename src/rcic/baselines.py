@@ -99,9 +99,10 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c in FEATURE_NAMES]
 
 
-def standardise_per_plate(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each feature z-scored over its plate's treatment wells (labels are not used)."""
-    cols = feature_columns(frame)
+def standardise_per_plate(frame: pd.DataFrame, cols: list[str] | None = None) -> pd.DataFrame:
+    """Each feature (the 42 statistics unless `cols`) z-scored over its plate's treatment wells
+    (labels are not used)."""
+    cols = cols or feature_columns(frame)
     out = frame.copy()
     treat = frame["well_type"] == "treatment"
     for _, idx in frame.groupby(["experiment", "plate"]).groups.items():
@@ -126,9 +127,12 @@ def make_classifier(kind: str, c: float = 1.0):
     raise InputError(f"classifier {kind!r}: expected logistic or lda")
 
 
-def baseline_accuracy(train: pd.DataFrame, test: pd.DataFrame, kind: str, c: float = 1.0) -> float:
-    """Fit on the treatment wells of `train`, return the accuracy on those of `test`."""
-    cols = feature_columns(train)
+def baseline_accuracy(
+    train: pd.DataFrame, test: pd.DataFrame, kind: str, c: float = 1.0, cols=None
+) -> float:
+    """Fit on the treatment wells of `train`, return the accuracy on those of `test`; the
+    features are the 42 statistics unless `cols`."""
+    cols = cols or feature_columns(train)
     tr, te = train[train["well_type"] == "treatment"], test[test["well_type"] == "treatment"]
     model = make_classifier(kind, c).fit(tr[cols].to_numpy(), tr["sirna"].to_numpy())
     return float((model.predict(te[cols].to_numpy()) == te["sirna"].to_numpy()).mean())
@@ -139,13 +143,25 @@ def tuned_baseline(
 ) -> tuple[float, float]:
     """Choose the logistic regression's strength on held-out training experiments, then refit on
     all of `train` and score `test`. Returns (accuracy, chosen c); LDA has nothing to tune."""
-    if kind != "logistic":
-        return baseline_accuracy(train, test, kind), float("nan")
+    acc, c, _ = tuned_choice(train, val_exps, test, kind, {"statistics": feature_columns(train)})
+    return acc, c
+
+
+def tuned_choice(
+    train: pd.DataFrame, val_exps: list[str], test: pd.DataFrame, kind: str, column_sets: dict
+) -> tuple[float, float, str]:
+    """Choose the feature set (a name of `column_sets`) and, for the logistic regression, its
+    strength on held-out training experiments (`val_exps`), then refit on all of `train` and score
+    `test`. Returns (accuracy, chosen c or nan, chosen set)."""
     held = train["experiment"].isin(val_exps)
-    grid = (0.01, 0.1, 1.0, 10.0)
-    scores = [baseline_accuracy(train[~held], train[held], kind, c) for c in grid]
-    best = grid[int(np.argmax(scores))]
-    return baseline_accuracy(train, test, kind, best), best
+    grid = (0.01, 0.1, 1.0, 10.0) if kind == "logistic" else (float("nan"),)
+    scores = {
+        (name, c): baseline_accuracy(train[~held], train[held], kind, c, cols)
+        for name, cols in column_sets.items()
+        for c in grid
+    }
+    name, c = max(scores, key=scores.get)  # the first of equals: the smaller c, the first set
+    return baseline_accuracy(train, test, kind, c, column_sets[name]), c, name
 
 
 def leak_audit(
