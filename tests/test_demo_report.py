@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -22,12 +23,20 @@ def demo_dir(tmp_path_factory):
 
 def test_demo_quick_numbers(demo_dir, capsys):
     table = json.loads((demo_dir / "demo.json").read_text())
-    rcic = table["rcic"]
-    # --quick trains 1 epoch on the tiny screen: a smoke run, so this checks the table, not
-    # accuracy (the pipeline test checks what the plate stages do for a trained model)
-    assert list(rcic) == ["single model", "ensemble", "plate groups", "well decision"]
-    assert all(0.0 <= v <= 1.0 for v in rcic.values())
+    routes = table["routes"]
+    # --quick trains 1 epoch on the tiny screen: a smoke run, so the CNN's figures say nothing of
+    # what it learns; the features route's do, and every figure must be the submission's own
+    assert list(routes) == ["CNN", "features", "CNN + features"]
+    assert list(routes["CNN"]) == ["single model", "ensemble", "plate groups", "well decision"]
+    assert list(routes["features"]) == ["single model", "plate groups", "well decision"]
     assert list(table["bronze"]) == ["single model", "plate groups"]
+    labels = pd.read_csv(demo_dir / "data" / "test_labels.csv").set_index("id_code")["sirna"]
+    for route, folder in (("CNN", "cnn"), ("features", "features"), ("CNN + features", ".")):
+        sub = pd.read_csv(demo_dir / folder / "submission.csv").set_index("id_code")["sirna"]
+        right = (sub == labels.loc[sub.index]).mean()
+        assert routes[route]["well decision"] == pytest.approx(right)
+    n_sirna = labels.nunique()
+    assert routes["features"]["single model"] > 1.5 / n_sirna  # statistics read the tiny screen
     epochs = {
         n: yaml.safe_load((demo_dir / "runs" / n / "config.yaml").read_text())["epochs"]
         for n in ("model-0", "bronze")
@@ -41,6 +50,8 @@ def test_demo_quick_numbers(demo_dir, capsys):
         "report.html",
         "runs/model-0/metrics.jsonl",
         "runs/bronze/logits-test.npz",
+        "features/logits-test.npz",
+        "features/logits-test.choices.json",
         "profiles/wells.parquet",
         "profiles/consensus.parquet",
         "profiles/metrics.json",
@@ -56,7 +67,7 @@ def test_demo_is_reproducible(demo_dir, tmp_path):
     assert cli.main(["demo", "--quick", "--out", str(tmp_path / "again")]) == 0
     a = json.loads((demo_dir / "demo.json").read_text())
     b = json.loads((tmp_path / "again" / "demo.json").read_text())
-    assert a["rcic"] == b["rcic"] and a["bronze"] == b["bronze"]
+    assert a["routes"] == b["routes"] and a["bronze"] == b["bronze"]
 
 
 def _chromium():

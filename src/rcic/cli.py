@@ -33,6 +33,7 @@ The steps, in order (each writes a folder or file you can inspect):
   embed     the model's embedding of every well (for batch correction and heads on embeddings)
   embed-head  batch-correct embeddings, fit a head on out-of-fold wells, write logits for submit
   features  hand-crafted image features of every well, as a profile table
+  features-head  a linear head on feature tables: logits of the test wells for submit
   profiles  batch-corrected profiles, consensus per siRNA, activity mAP and relationship recall
   demo      the whole chain on a generated screen, in minutes on a laptop CPU
   report    an HTML report with images, curves, stage scores and plate maps
@@ -607,9 +608,10 @@ def cmd_demo(args) -> int:
     table = demo.run_demo(args.out, quick=args.quick, seed=args.seed, workers=args.workers)
     print(f"\nrcic demo finished in {table['minutes']:.1f} min. Outputs in {args.out}/:")
     print(
-        "  submission.csv, stages.json, report.html, runs/ (model-0, model-1, bronze), data/, store/"
+        "  submission.csv and stages.json (CNN + features), cnn/, features/, report.html, "
+        "runs/ (model-0, model-1, bronze), data/, store/"
     )
-    print("\nAccuracy on the test experiments after each stage:")
+    print("\nAccuracy on the test experiments after each stage, by route:")
     print(demo.format_demo_table(table))
     return 0
 
@@ -855,6 +857,46 @@ def _cellprofiler_features(args, provenance: dict):
     )
 
 
+def _add_features_head(sub) -> None:
+    p = sub.add_parser(
+        "features-head",
+        help="a linear head on feature tables; logits of the test wells for `rcic submit`",
+        description="The hand-crafted route to a submission: from a table of every well's "
+        "features (`rcic features`, either kind), choose on one fold of the training experiments "
+        "the correction (none, or per-plate z over treatment wells), the features (all, or "
+        "pycytominer's label-free selection) and a logistic regression's C; refit on every "
+        "training experiment; write the test treatment wells' logits with the temperature fitted "
+        "on the held-out fold, and OUT.choices.json. `rcic submit` takes the file alone or "
+        "beside a CNN's, each calibrated by its own temperature.",
+    )
+    p.add_argument(
+        "--table",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="feature tables (.parquet) of every well; repeat or list several",
+    )
+    p.add_argument("--out", type=Path, required=True, help="logits file to write (.npz)")
+    p.add_argument("--fold", type=int, default=0, help="the fold choices are made on")
+    p.add_argument("--folds", type=int, default=3, help="folds of the training experiments")
+    p.add_argument("--seed", type=int, default=0, help="the seed that deals the folds")
+    p.set_defaults(func=cmd_features_head)
+
+
+def cmd_features_head(args) -> int:
+    from rcic import features_head
+
+    rec = features_head.fit_head(args.table, args.out, args.fold, args.folds, args.seed)
+    c = rec["choice"]
+    best = rec["validation_accuracy"][f"{c['correction']} {c['features']} C={c['c']:g}"]
+    print(
+        f"wrote {args.out}: correction {c['correction']}, {c['features']} features, C={c['c']:g}"
+        f" ({best:.3f} on fold {args.fold}), temperature {rec['temperature']:.3f}"
+    )
+    return 0
+
+
 def _add_pseudo(sub) -> None:
     p = sub.add_parser(
         "pseudo",
@@ -908,6 +950,7 @@ COMMANDS = [
     _add_embed_head,
     _add_profiles,
     _add_features,
+    _add_features_head,
     _add_demo,
     _add_report,
 ]

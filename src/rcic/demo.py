@@ -1,9 +1,13 @@
 """`rcic demo`: the whole chain on a generated screen, scored against its hidden labels.
 
-synth -> prepare -> train an ensemble (two models, each holding out a different fold of
-experiments) -> predict fold (temperature) and test (8-view TTA, both sites) -> submit with plate
-post-processing, scored after each stage -> the bronze-medal way beside it -> the first model's
-profiles of wells it never trained on (`rcic profiles`) -> report.html.
+synth -> prepare -> two routes to per-well logits, each scored after every plate stage:
+- CNN: train an ensemble (two models, each holding out a different fold of experiments) ->
+  predict fold (temperature) and test (8-view TTA, both sites);
+- features: `rcic features` (63 image statistics per well) -> `rcic features-head` (a logistic
+  regression whose correction, features and strength are chosen on fold 0, calibrated there);
+-> submit each route, and both together (each route weighed alike, each file by its own
+temperature: ``submission.csv``), with plate post-processing -> the bronze-medal way beside them
+-> the first model's profiles of wells it never trained on (`rcic profiles`) -> report.html.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from rcic import (
 )
 from rcic.fileio import atomic_text
 from rcic.logitsfile import read_logits
-from rcic.metrics import format_table
+from rcic.metrics import DEMO_STAGES, format_table
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,7 @@ def run_demo(
     }
     bronze = recipe("bronze", epochs + [f"seed={seed}", "fold=0"])
     models["bronze"] = same_steps(bronze, models["model-0"], sites, store_dir)
-    logits = {}
+    logits = {"features": _features_route(out / "features", sites, store_dir)}
     for i, (name, cfg) in enumerate(models.items()):
         log.info("3/6 training %s (%d of %d)", name, i + 1, len(models))
         logits[name] = _train_and_predict(cfg, out / "runs" / name, sites, store_dir)
@@ -80,6 +84,22 @@ def run_demo(
     return table
 
 
+def _features_route(folder: Path, sites, store_dir: Path) -> Path:
+    """`rcic features` then `rcic features-head`: the test wells' logits of the hand-crafted
+    route, its choices made on fold 0 of the training experiments."""
+    from rcic import __version__, features_head, profiles
+
+    log.info("3/6 the features route: image statistics of every well, a linear head")
+    table = profiles.features_table(store_dir, sites)
+    path = profiles.write_table(
+        table,
+        folder / "features.parquet",
+        {"command": "rcic demo", "kind": "stats", "rcic_version": __version__},
+    )
+    features_head.fit_head([path], folder / "logits-test.npz")
+    return folder / "logits-test.npz"
+
+
 def _train_and_predict(cfg: config.TrainConfig, run: Path, sites, store_dir) -> Path:
     """Train (or finish) one run, predict its held-out fold for the temperature, then the test
     experiments with that temperature; the test logits file."""
@@ -88,9 +108,14 @@ def _train_and_predict(cfg: config.TrainConfig, run: Path, sites, store_dir) -> 
         train.train(cfg, sites, store_dir, run, resume=done.exists())
     log.info("4/6 predicting with %s", run.name)
     fold = predict.predict_run(
-        run, sites, store_dir, str(cfg.fold), run / "logits-fold.npz", checkpoint="last",
+        run,
+        sites,
+        store_dir,
+        str(cfg.fold),
+        run / "logits-fold.npz",
+        checkpoint="last",
         progress=False,
-    )  # fmt: skip
+    )
     return predict.predict_run(
         run,
         sites,
@@ -120,7 +145,7 @@ def _profiles(out: Path, data: Path, sites, store_dir: Path) -> dict:
             checkpoint="last",
             views=2,
             progress=False,
-        )  # fmt: skip
+        )
         for name, split in (("embed-fold", "0"), ("embed-test", "test"))
     ]
     m = profiles.run_profiles(tables, out / "profiles", "tvn", truth=data / "synth.json")
@@ -152,44 +177,52 @@ def _epochs_done(run: Path) -> int:
 
 
 def _score(out: Path, data: Path, logits: dict[str, Path]) -> dict:
-    labels = data / "test_labels.csv"
-    single = submit.run_submit(
-        [logits["model-0"]],
-        data,
-        out / "single" / "submission.csv",
-        labels=labels,
-        stages=("ensemble",),
-    )
-    ens = submit.run_submit(
-        [logits["model-0"], logits["model-1"]], data, out / "submission.csv", labels=labels
-    )
-    bronze = submit.run_submit(
+    """Every route through the plate stages, scored against the screen's hidden labels."""
+    labels, cnn = data / "test_labels.csv", [logits["model-0"], logits["model-1"]]
+
+    def run(files, folder, **kw):
+        res = submit.run_submit(files, data, out / folder / "submission.csv", labels=labels, **kw)
+        return {k: v["overall"] for k, v in res.scores.items()}, res
+
+    single, _ = run([logits["model-0"]], "single", stages=("ensemble",))
+    ens, _ = run(cnn, "cnn")
+    feats, _ = run([logits["features"]], "features")
+    both, res = run([*cnn, logits["features"]], ".", weights=[0.5, 0.5, 1.0])
+    bronze, _ = run(
         [logits["bronze"]],
-        data,
-        out / "bronze" / "submission.csv",
-        labels=labels,
+        "bronze",
         stages=("ensemble", "groups"),
         group_method="vote",
         well_method="argmax",
     )
-    rcic = {
-        "single model": single.scores["ensemble"],
-        "ensemble": ens.scores["ensemble"],
-        "plate groups": ens.scores["groups"],
-        "well decision": ens.scores["wells"],
+    routes = {
+        "CNN": {
+            "single model": single["ensemble"],
+            "ensemble": ens["ensemble"],
+            "plate groups": ens["groups"],
+            "well decision": ens["wells"],
+        },
+        "features": {
+            "single model": feats["ensemble"],
+            "plate groups": feats["groups"],
+            "well decision": feats["wells"],
+        },
+        "CNN + features": {
+            "ensemble": both["ensemble"],
+            "plate groups": both["groups"],
+            "well decision": both["wells"],
+        },
     }
-    way = {"single model": bronze.scores["ensemble"], "plate groups": bronze.scores["groups"]}
     return {
-        "rcic": {k: v["overall"] for k, v in rcic.items()},
-        "bronze": {k: v["overall"] for k, v in way.items()},
-        "rcic_cell_type": {k: v["cell_type"] for k, v in rcic.items()},
-        "group_choice_right": float(ens.groups["right"].mean()) if "right" in ens.groups else None,
+        "routes": routes,
+        "bronze": {"single model": bronze["ensemble"], "plate groups": bronze["groups"]},
+        "cell_type": {k: v["cell_type"] for k, v in res.scores.items()},
+        "group_choice_right": float(res.groups["right"].mean()) if "right" in res.groups else None,
     }
 
 
 def format_demo_table(table: dict) -> str:
-    rows = {
-        stage: {"rcic": acc, "bronze way": table["bronze"].get(stage)}
-        for stage, acc in table["rcic"].items()
-    }
-    return format_table(rows, ["rcic", "bronze way"])
+    """Stages down, routes (and the bronze way) across; '-' where a route has no such stage."""
+    columns = {**table["routes"], "bronze way": table["bronze"]}
+    rows = {stage: {name: col.get(stage) for name, col in columns.items()} for stage in DEMO_STAGES}
+    return format_table(rows, list(columns))

@@ -41,6 +41,10 @@ def treatment_argmax(logits: np.ndarray) -> np.ndarray:
     return logits[:, : layout.N_TREATMENTS].argmax(1)
 
 
+# the demo's stages, in order: a route's own model, an ensemble, then the plate stages
+DEMO_STAGES = ("single model", "ensemble", "plate groups", "well decision")
+
+
 def format_table(rows: dict[str, dict], columns: list[str] | None = None) -> str:
     """A plain-text table of {row name: {column: accuracy}} for the terminal and README."""
     columns = columns or sorted({c for r in rows.values() for c in r})

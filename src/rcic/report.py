@@ -29,6 +29,7 @@ from rcic import layout  # noqa: E402
 from rcic.errors import MissingFileError
 from rcic.fileio import atomic_text
 from rcic.images import composite  # noqa: E402
+from rcic.metrics import DEMO_STAGES
 from rcic.profile_metrics import cosine_matrix
 from rcic.profiles import feature_columns
 from rcic.store import SiteStore  # noqa: E402
@@ -155,11 +156,11 @@ def stage_tables(stages_path: Path, demo_path: Path | None) -> str:
     parts = []
     if demo_path:
         demo = json.loads(demo_path.read_text())
-        frame = pd.DataFrame({"rcic": demo["rcic"], "bronze way": demo["bronze"]}).rename_axis(
-            "stage"
-        )
+        columns = {**demo["routes"], "bronze way": demo["bronze"]}
+        frame = pd.DataFrame(columns).reindex(DEMO_STAGES).rename_axis("stage")
         parts.append(
-            "<h3>Accuracy after each stage, with the bronze-medal way beside it</h3>"
+            "<h3>Accuracy after each stage: the CNN, the features route (image statistics, a "
+            "linear head), both, and the bronze-medal way</h3>"
             + _table(frame.astype(object).fillna("-"))
         )
     if report.get("well_decision"):
