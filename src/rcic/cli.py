@@ -771,7 +771,7 @@ def _add_features(sub) -> None:
     p = sub.add_parser(
         "features",
         help="hand-crafted image features of every well, as a profile table",
-        description="--kind stats (the default, about 100x cheaper): per well, both sites "
+        description="--kind stats (the default, far cheaper): per well, both sites "
         "averaged, per channel mean, std, 50/90/99th percentiles, foreground fraction and texture "
         "(the 42 statistics of the difficulty certificate), the 15 pixel correlations between "
         "channels and each channel's orientation coherence. --kind cellprofiler: every site "
