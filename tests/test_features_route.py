@@ -123,3 +123,23 @@ def test_per_plate_z_uses_each_plates_treatment_wells():
     values = np.array([[1.0], [3.0], [100.0], [10.0], [14.0], [0.0]])
     z = features_head.per_plate_z(values, wells)
     np.testing.assert_allclose(z[:, 0], [-1, 1, 98, -1, 1, -6], atol=1e-6)
+
+
+def test_kinds_join_well_by_well_and_a_mismatch_is_named(head, tmp_path):
+    table, _ = profiles.read_table(head / "features.parquet")
+    feats = profiles.feature_columns(table)
+    other = table[profiles.metadata_columns(table)].copy()
+    other["extra_a"], other["extra_b"] = table[feats[0]] ** 2, table[feats[1]] * 3
+    other = other.sample(frac=1.0, random_state=0)  # another row order: joined by well, not row
+    profiles.write_table(other, tmp_path / "other.parquet", {})
+    joined, _ = features_head.join_tables([head / "features.parquet", tmp_path / "other.parquet"])
+    assert profiles.feature_columns(joined) == [*feats, "extra_a", "extra_b"]
+    row = joined.set_index("Metadata_id_code").loc[table["Metadata_id_code"].iat[5]]
+    assert row["extra_a"] == pytest.approx(table[feats[0]].iat[5] ** 2)
+    profiles.write_table(other.iloc[1:], tmp_path / "short.parquet", {})
+    with pytest.raises(RcicError, match="short.parquet: holds other wells"):
+        features_head.join_tables([head / "features.parquet", tmp_path / "short.parquet"])
+    clash = other.rename(columns={"extra_a": feats[0]})
+    profiles.write_table(clash, tmp_path / "clash.parquet", {})
+    with pytest.raises(RcicError, match="clash.parquet: features also in another table"):
+        features_head.join_tables([head / "features.parquet", tmp_path / "clash.parquet"])

@@ -875,7 +875,8 @@ def _add_features_head(sub) -> None:
         nargs="+",
         action="extend",
         required=True,
-        help="feature tables (.parquet) of every well; repeat or list several",
+        help="feature tables (.parquet) of every well: parts of one kind are stacked, "
+        "different kinds (statistics, CellProfiler) joined well by well",
     )
     p.add_argument("--out", type=Path, required=True, help="logits file to write (.npz)")
     p.add_argument("--fold", type=int, default=0, help="the fold choices are made on")

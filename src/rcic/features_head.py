@@ -127,12 +127,37 @@ class FeatureHead:
         return best, {f"{k.correction} {k.features} C={k.c:g}": v for k, v in scores.items()}
 
 
+def join_tables(paths) -> tuple[pd.DataFrame, dict]:
+    """One table of every well from `paths`: tables of the same features (parts of one kind)
+    stacked, tables of different features (the statistics and CellProfiler's, say) joined well by
+    well; a well missing from one kind, or a feature in two, is refused by name."""
+    kinds: dict[tuple, list[Path]] = {}
+    for path in map(Path, paths):
+        features = tuple(profiles.feature_columns(profiles.read_table(path)[0]))
+        kinds.setdefault(features, []).append(path)
+    joined, provenance = None, {}
+    for features, group in kinds.items():
+        table, prov = profiles.load_tables(group)
+        provenance = provenance or prov
+        if joined is None:
+            joined = table
+            continue
+        clash = sorted(set(features) & set(profiles.feature_columns(joined)))
+        if clash:
+            raise InputError(f"{group[0]}: features also in another table, e.g. {clash[:3]}")
+        if set(table["Metadata_id_code"]) != set(joined["Metadata_id_code"]):
+            raise InputError(f"{group[0]}: holds other wells than {paths[0]}")
+        joined = joined.merge(table[["Metadata_id_code", *features]], on="Metadata_id_code")
+    return joined, provenance
+
+
 def fit_head(tables, out: str | Path, fold: int = 0, folds: int = 3, seed: int = 0) -> dict:
-    """Choose and fit the head on `tables` (one feature set of every well), write the test
-    treatment wells' logits to `out` and ``OUT.choices.json`` beside it; return the record."""
+    """Choose and fit the head on `tables` (the features of every well: one kind, or several
+    joined well by well), write the test treatment wells' logits to `out` and
+    ``OUT.choices.json`` beside it; return the record."""
     from rcic.plates import fit_temperature
 
-    table, provenance = profiles.load_tables([Path(t) for t in tables])
+    table, provenance = join_tables(tables)
     head = FeatureHead(table, fold, folds, seed)
     best, scores = head.choose()
     val = head.train & head.held
