@@ -280,7 +280,7 @@ def build_report(root: str | Path, out: str | Path) -> Path:
         sections += [
             "<h2>Images</h2><p class='caption'>Each cell type: RGB composite, then channels w1..w6.</p>",
             example_images(SiteStore(found["store"])),
-            "<h2>Segmentation</h2><p class='caption'>What `rcic features --kind cellprofiler` "
+            "<h2>Segmentation</h2><p class='caption'>What <code>rcic features --kind cellprofiler</code> "
             "measures: nuclei (red) and cells (green) found on one site of each cell type, over "
             "its DNA channel; the cytoplasm is each cell without its nucleus.</p>",
             segmentation_overlays(SiteStore(found["store"])),
