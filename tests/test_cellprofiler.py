@@ -233,3 +233,33 @@ def test_nuclei_of_real_sites_match_a_count_by_hand(cell_type):
     site = np.stack([read_png(root / f"B02_s1_w{c}.png") for c in range(1, 7)])
     found = Segmenter().segment(site)[0].max()  # within 35% of the count by hand
     assert abs(found - HAND_COUNTS[cell_type]) <= 0.35 * HAND_COUNTS[cell_type], found
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--measurements", "intensity,colour"], "colour"),
+        (["--nucleus-diameter", "-3"], "--nucleus-diameter"),
+        (["--part", "4/3"], "--part"),
+        (["--masks", "MASKS"], "holds masks of shape"),
+    ],
+)
+def test_bad_options_are_named_before_any_work(small, tmp_path, capsys, extra, message):
+    zarr.create_array(store=str(tmp_path / "m.zarr"), shape=(2, 3, 8, 8), dtype="int32")
+    extra = [str(tmp_path / "m.zarr") if e == "MASKS" else e for e in extra]
+    argv = [
+        "features",
+        "--kind",
+        "cellprofiler",
+        "--data",
+        str(small / "data"),
+        "--store",
+        str(small / "store"),
+        "--out",
+        str(tmp_path / "cp.parquet"),
+        *extra,
+    ]
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "cp.parquet").exists()
+    assert not (tmp_path / "cp.parquet.parts").exists()

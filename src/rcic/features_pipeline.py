@@ -132,10 +132,10 @@ def cellprofiler_table(
     measurements = measurements or cpfeatures.Measurements()
     store = SiteStore(store_location)
     index = site_index(store, sites)
-    parts = make_dir(Path(str(out) + ".parts"))
-    cells_dir = make_dir(cells_dir) if cells_dir else None
     if masks:
         _open_masks(masks, len(store.index), store.size)
+    parts = make_dir(Path(str(out) + ".parts"))
+    cells_dir = make_dir(cells_dir) if cells_dir else None
     index = index.assign(mine=part_mask(index, part))
     jobs = []
     for (split, exp, plate), rows in index.groupby(["split", "experiment", "plate"]):

@@ -227,7 +227,11 @@ def _whiten(frame: pd.DataFrame, meta, feats, method: str, epsilon: float) -> pd
                      meta_features=meta, samples="all", method="spherize",
                      spherize_method=WHITENING[method], spherize_epsilon=epsilon)  # fmt: skip
     except ValueError as e:  # pycytominer refuses a rank-deficient matrix
-        raise InputError(f"{method}: {e}") from None
+        raise InputError(
+            f"{method}: pycytominer cannot whiten these {len(live)} features ({e}); with "
+            "thousands of them (CellProfiler's), select features first (pycytominer's "
+            "feature_select, docs/features.md) or use --correction tvn"
+        ) from None
     values = res.drop(columns=meta).to_numpy(np.float32)
     names = live if method == "spherize" else [f"pc_{k:04d}" for k in range(values.shape[1])]
     whitened = pd.DataFrame(values, columns=names, index=frame.index)
