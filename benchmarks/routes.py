@@ -105,13 +105,13 @@ def main() -> None:
         for name, path in hand.items():
             mixed = scored([run / "test.npz", path], data, run / f"with-{name}", truth)
             rows.setdefault(f"CNN + {name}", []).append(mixed)
-    report(args, rows, (time.perf_counter() - t0) / 60)
+    report(args, rows, truth.nunique(), (time.perf_counter() - t0) / 60)
 
 
-def report(args, rows: dict[str, list], minutes: float) -> None:
+def report(args, rows: dict[str, list], n_sirna: int, minutes: float) -> None:
     print(
-        f"{args.preset} preset, generator seed {args.screen_seed}, test experiments (80 siRNAs, chance "
-        f"0.0125); CNN: configs/demo.yaml, fp32, fold 0 held out, training seeds {args.seeds}, "
+        f"{args.preset} preset, generator seed {args.screen_seed}, test experiments ({n_sirna} "
+        f"siRNAs, chance {1 / n_sirna:.4f}); CNN: configs/demo.yaml, fp32, fold 0 held out, training seeds {args.seeds}, "
         f"mean +- sd; [95% bootstrap interval over wells]; {minutes:.1f} min"
     )
     print(
