@@ -52,7 +52,7 @@ def small(tmp_path_factory):
         "--masks",
         str(work / "masks.zarr"),
         "--workers",
-        "1",
+        "2",
     ]
     assert cli.main(argv) == 0
     return work
@@ -110,7 +110,9 @@ def test_a_cells_mean_intensity_is_the_mean_of_its_pixels_on_0_to_1(small):
 
 
 def test_pycytominer_recognises_the_profiles(small):
-    from pycytominer.cyto_utils import infer_cp_features
+    with warnings.catch_warnings():  # importing pycytominer sets a pandas option pandas 3 warns of
+        warnings.simplefilter("ignore")
+        from pycytominer.cyto_utils import infer_cp_features
 
     table, provenance = profiles.read_table(small / "cp.parquet")
     features = profiles.feature_columns(table)
