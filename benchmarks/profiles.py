@@ -48,6 +48,7 @@ from rcic import (
     config,
     embed,
     embed_pipeline,
+    features_head,
     features_pipeline,
     metadata,
     packing,
@@ -129,8 +130,6 @@ def feature_table(st: Path, labelled, out: Path) -> Path:
 def cellprofiler_tables(st: Path, labelled, work: Path) -> dict[str, Path]:
     """`rcic features --kind cellprofiler` of every well, as it is and after pycytominer's feature
     selection (variance, correlation above 0.9, missing values, its blocklist; label-free)."""
-    import warnings
-
     out, chosen = work / "cellprofiler.parquet", work / "cellprofiler-selected.parquet"
     prov = {"command": "benchmarks/profiles.py cellprofiler", "rcic_version": __version__}
     if not out.exists():
@@ -139,18 +138,12 @@ def cellprofiler_tables(st: Path, labelled, work: Path) -> dict[str, Path]:
         features_pipeline.remove_parts(out)
     if not chosen.exists():
         table, _ = profiles.read_table(out)
-        feats = profiles.feature_columns(table)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pycytominer
-
-            kept = pycytominer.feature_select(table, features=feats, operation=list(SELECTION))
-        keep = [c for c in table.columns if c.startswith("Metadata_") or c in kept.columns]
-        profiles.write_table(table[keep], chosen, {**prov, "selection": list(SELECTION)})
+        kept = set(features_head.selected_columns(table, profiles.feature_columns(table)))
+        keep = [c for c in table.columns if c.startswith("Metadata_") or c in kept]
+        profiles.write_table(
+            table[keep], chosen, {**prov, "selection": list(features_head.SELECTION)}
+        )
     return {"CellProfiler": out, "CellProfiler, selected": chosen}
-
-
-SELECTION = ("variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist")
 
 
 def cnn_tables(work: Path, seed: int, sites, labelled, st: Path) -> list[Path]:

@@ -89,9 +89,7 @@ def cellprofiler_wells(work: Path, labelled: pd.DataFrame, st: Path) -> tuple[pd
     """`rcic features --kind cellprofiler` of every well (cached in `work`) as the baselines'
     frame, and its feature sets: all, and pycytominer's selection (variance, correlation above
     0.9, missing values, its blocklist; label-free, on every well)."""
-    import warnings
-
-    from rcic import features_pipeline, profiles
+    from rcic import features_head, features_pipeline, profiles
 
     out = work / "cellprofiler.parquet"
     if not out.exists():
@@ -100,17 +98,9 @@ def cellprofiler_wells(work: Path, labelled: pd.DataFrame, st: Path) -> tuple[pd
         features_pipeline.remove_parts(out)
     table, _ = profiles.read_table(out)
     feats = profiles.feature_columns(table)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pycytominer
-
-        kept = pycytominer.feature_select(table, features=feats, operation=list(SELECTION))
     frame = profiles.embed_metadata(table).assign(split=table["Metadata_split"].to_numpy())
     frame = pd.concat([frame, table[feats]], axis=1)
-    return frame, {"all": feats, "selected": [f for f in feats if f in kept.columns]}
-
-
-SELECTION = ("variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist")
+    return frame, {"all": feats, "selected": features_head.selected_columns(table, feats)}
 
 
 def cellprofiler_table(work: Path, labelled: pd.DataFrame, st: Path, val_exps) -> dict:

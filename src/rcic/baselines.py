@@ -50,10 +50,7 @@ def well_features(
 ) -> pd.DataFrame:
     """Features of every well in `sites` (its sites averaged), with the well's columns and
     ``n_sites``: the 42 statistics, and with `extended` also `PROFILE_NAMES` (profiling)."""
-    mine = ["sirna", "well_type", "split"]
-    index = store.index.drop(columns=mine, errors="ignore").merge(
-        sites[["id_code", "site", *mine]], on=["id_code", "site"]
-    )
+    index = store.index_of(sites)
     fn, names = (profile_features, PROFILE_NAMES) if extended else (site_features, FEATURE_NAMES)
     feats = np.concatenate(
         [

@@ -101,10 +101,7 @@ def _accelerate() -> None:
 
 def site_index(store, sites: pd.DataFrame) -> pd.DataFrame:
     """The store's index rows of `sites`, with the labels and splits of `sites`."""
-    mine = ["sirna", "well_type", "split"]
-    index = store.index.drop(columns=mine, errors="ignore").merge(
-        sites[["id_code", "site", *mine]], on=["id_code", "site"]
-    )
+    index = store.index_of(sites)
     if index.empty:
         raise InputError(f"{store.path}: none of the dataset's sites are in this store")
     return index

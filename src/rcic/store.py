@@ -147,6 +147,14 @@ class SiteStore:
             out[(exp, int(plate))] = sub[[f"mean_{source}", f"std_{source}"]].to_numpy(np.float32)
         return out
 
+    def index_of(self, sites: pd.DataFrame) -> pd.DataFrame:
+        """The index rows of the sites in `sites`, with their labels, well types and splits taken
+        from `sites` (the metadata, which may fill in labels the store was packed without)."""
+        mine = ["sirna", "well_type", "split"]
+        return self.index.drop(columns=mine, errors="ignore").merge(
+            sites[["id_code", "site", *mine]], on=["id_code", "site"]
+        )
+
     def check_matches(self, sites: pd.DataFrame) -> None:
         """Raise StoreError unless every site in `sites` is in this store."""
         key = ["id_code", "site"]
