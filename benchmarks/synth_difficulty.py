@@ -189,17 +189,20 @@ def print_audit(preset: str, seed: int) -> float:
         workers=2,
     )
     print(
-        "leak audit (each dimension alone at the 95th percentile of its strength, 16 control wells "
-        "x 2 sites per cell type, paired): for the statistic with the largest bound, its shift in "
-        "well-to-well sd, standard error, bound = shift - 2 se"
+        "leak audit (each dimension alone at the 95th percentile of its strength times the "
+        "experiment's scale, 16 control wells x 2 sites per cell type, paired), in well-to-well "
+        "sd: its largest raw shift and shift + 2 se over the 42 statistics; for the statistic "
+        "with the largest bound = shift - 2 se, its shift, standard error and bound"
     )
     for r in audit.itertuples():
         print(
-            f"  {r.dimension:22} shift {r.shift:5.2f}  se {r.se:4.2f}  bound {r.bound:5.2f}  "
-            f"({r.statistic}, {r.cell_type}; amplitude {r.amplitude:.2f})"
+            f"  {r.dimension:22} max {r.max_shift:5.2f} upper {r.upper:5.2f} | shift {r.shift:5.2f}"
+            f"  se {r.se:4.2f}  bound {r.bound:5.2f}  ({r.statistic}, {r.cell_type}; "
+            f"amplitude {r.amplitude:.2f})"
         )
     print(
-        f"  largest shift of any dimension {audit['shift'].max():.2f}, largest bound {audit['bound'].max():.2f}"
+        f"  largest raw shift {audit['max_shift'].max():.2f}, largest shift + 2 se "
+        f"{audit['upper'].max():.2f}, largest bound {audit['bound'].max():.2f}"
     )
     return float(audit["bound"].max())
 

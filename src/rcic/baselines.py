@@ -168,6 +168,7 @@ def leak_audit(
     image_size: int = 64,
     cell_radius: float = 15.0,
     cell_types: tuple[str, ...] = layout.CELL_TYPES,
+    experiments: int = 1,
     n_wells: int = 16,
     n_sites: int = 2,
     quantile: float = 0.95,
@@ -180,15 +181,18 @@ def leak_audit(
     For every dimension, wells of each cell type are rendered twice with the same nuisance and
     the same random draws: once without a phenotype and once with only that dimension set to
     plus or minus its `quantile` of |effect| over the screen's treatments (a strong siRNA; a
-    penetrance of 0.9). The shift of a statistic is its mean paired change in units of its
-    well-to-well standard deviation (over `n_wells` control wells of one plate, `n_sites` sites
-    each, per cell type). A change of arrangement also re-draws how cells overlap, so each well's
-    change is partly noise, and the largest of 42 x 2 x 4 noisy shifts would overstate any of
-    them: each shift comes with its standard error `se`, and a dimension is judged by `bound`,
-    shift - 2 se (no evidence that it moves the statistic further). Returns one row per
-    dimension: `amplitude`, and for the statistic with the largest bound: `shift`, `se`,
-    `bound`, the statistic and the cell type. `dims` audits only those dimensions; `workers`
-    processes share the cell types and dimensions.
+    penetrance of 0.9), times the experiment's phenotype scale, as the screen renders it. This is
+    done on the first plate of `experiments` experiments per cell type (`{type}-01`, `-02`, ...:
+    each its own batch effects and scale). The shift of a statistic is its mean paired change in
+    units of its well-to-well standard deviation (over `n_wells` control wells of that plate,
+    `n_sites` sites each). A change of arrangement also re-draws how cells overlap, so each
+    well's change is partly noise: each shift comes with its standard error `se`.
+
+    Returns one row per dimension, over every cell type, experiment and statistic: `max_shift`,
+    the largest raw shift; `upper`, the largest shift + 2 se (what the audit cannot rule out);
+    `bound`, the largest shift - 2 se (what it shows), with that statistic's `shift`, `se`,
+    name, cell type and experiment; and the `amplitude` before scaling. `dims` audits only those
+    dimensions; `workers` processes share the plates and dimensions.
     """
     from rcic import cellsim
     from rcic.parallel import ordered_map
@@ -197,48 +201,54 @@ def leak_audit(
     treat = np.abs(pheno.effect[:, : layout.N_TREATMENTS])
     amplitude = np.array([np.quantile(t[t > 0], quantile) for t in np.moveaxis(treat, -1, 0)])
     chosen = [cellsim.D[name] for name in (dims or cellsim.PHENOTYPE_DIMS)]
-    parts = [list(c) for c in np.array_split(chosen, min(workers, len(chosen)))]
+    units = [(ct, f"{ct}-{e:02d}") for ct in cell_types for e in range(1, experiments + 1)]
+    n_parts = max(1, min(len(chosen), workers // len(units)))
+    parts = [list(c) for c in np.array_split(chosen, n_parts)]
     jobs = [
-        (pheno, ct, n_wells, n_sites, image_size, cell_radius, seed, part, amplitude)
-        for ct in cell_types
+        (pheno, ct, exp, n_wells, n_sites, image_size, cell_radius, seed, part, amplitude)
+        for ct, exp in units
         for part in parts
     ]
     with ordered_map(_audit_part, jobs, workers) as results:
-        done = list(results)  # per cell type, its parts of the dims in order
-    per_type = [done[i : i + len(parts)] for i in range(0, len(done), len(parts))]
+        done = list(results)  # per plate, its parts of the dims in order
+    per_unit = [done[i : i + len(parts)] for i in range(0, len(done), len(parts))]
     shift, se = (
-        np.stack([np.concatenate([r[j] for r in rows]) for rows in per_type]) for j in (0, 1)
-    )  # (types, dims, stats)
-    return _audit_rows(chosen, amplitude, shift, se, cell_types)
+        np.stack([np.concatenate([r[j] for r in rows]) for rows in per_unit]) for j in (0, 1)
+    )  # (plates, dims, stats)
+    return _audit_rows(chosen, amplitude, shift, se, units)
 
 
-def _audit_rows(chosen, amplitude, shift, se, cell_types) -> pd.DataFrame:
-    """One row per audited dimension: the statistic and cell type with its largest bound."""
+def _audit_rows(chosen, amplitude, shift, se, units) -> pd.DataFrame:
+    """One row per audited dimension: its largest raw shift and upper bound, and the statistic
+    and plate with its largest bound."""
     from rcic import cellsim
 
-    bound = shift - 2 * se
+    bound, upper = shift - 2 * se, shift + 2 * se
     rows = []
     for k, d in enumerate(chosen):
-        ct, stat = np.unravel_index(int(np.argmax(bound[:, k])), bound[:, k].shape)
+        u, stat = np.unravel_index(int(np.argmax(bound[:, k])), bound[:, k].shape)
         rows.append(
             {
                 "dimension": cellsim.PHENOTYPE_DIMS[d],
                 "amplitude": float(amplitude[d]),
-                "shift": float(shift[ct, k, stat]),
-                "se": float(se[ct, k, stat]),
-                "bound": float(bound[ct, k, stat]),
+                "max_shift": float(shift[:, k].max()),
+                "upper": float(upper[:, k].max()),
+                "bound": float(bound[u, k, stat]),
+                "shift": float(shift[u, k, stat]),
+                "se": float(se[u, k, stat]),
                 "statistic": FEATURE_NAMES[stat],
-                "cell_type": cell_types[ct],
+                "cell_type": units[u][0],
+                "experiment": units[u][1],
             }
         )
     return pd.DataFrame(rows)
 
 
 def _audit_part(job) -> tuple[np.ndarray, np.ndarray]:
-    """(dims, statistics) shifts and their standard errors for one cell type and some of the
-    dims, of the sign whose shift - 2 se is larger."""
-    pheno, ct, n_wells, n_sites, image_size, cell_radius, seed, chosen, amplitude = job
-    wells = _AuditWells(pheno, ct, n_wells, n_sites, image_size, cell_radius, seed)
+    """(dims, statistics) shifts and their standard errors for one plate and some of the dims,
+    of the sign whose shift - 2 se is larger."""
+    pheno, ct, exp, n_wells, n_sites, image_size, cell_radius, seed, chosen, amplitude = job
+    wells = _AuditWells(pheno, ct, exp, n_wells, n_sites, image_size, cell_radius, seed)
     shifts, ses = [], []
     for d in chosen:
         (up, up_se), (down, down_se) = wells.shift(d, amplitude[d]), wells.shift(d, -amplitude[d])
@@ -251,15 +261,15 @@ def _audit_part(job) -> tuple[np.ndarray, np.ndarray]:
 class _AuditWells:
     """Control wells of one cell type on one plate, rendered with and without a phenotype."""
 
-    def __init__(self, pheno, ct, n_wells, n_sites, image_size, cell_radius, seed):
+    def __init__(self, pheno, ct, exp, n_wells, n_sites, image_size, cell_radius, seed):
         from rcic import cellsim
 
-        self.batch = cellsim.plate_batch(seed, f"{ct}-01", 1)
+        self.batch = cellsim.plate_batch(seed, exp, 1)
         self.size, self.radius, self.seed, self.n_sites = image_size, cell_radius, seed, n_sites
         neg = layout.NEGATIVE_ID
         self.conds = [
             replace(
-                cellsim.well_conditions(seed, f"{ct}-01", 1, w, neg, ct, pheno, self.batch),
+                cellsim.well_conditions(seed, exp, 1, w, neg, ct, pheno, self.batch),
                 penetrance=0.9,
             )
             for w in layout.WELLS[1 : 1 + 19 * n_wells : 19]
@@ -283,12 +293,12 @@ class _AuditWells:
         return site_features(np.stack(imgs)).mean(0)
 
     def shift(self, dim: int, amount: float) -> tuple[np.ndarray, np.ndarray]:
-        """|mean paired change| / well-to-well sd of every statistic with `dim` set to `amount`,
-        and its standard error."""
+        """|mean paired change| / well-to-well sd of every statistic with `dim` set to `amount`
+        times the experiment's phenotype scale, and its standard error."""
         from rcic import cellsim
 
         effect = np.zeros(cellsim.N_DIMS, np.float32)
-        effect[dim] = amount
+        effect[dim] = amount * self.batch.pheno_scale
         moved = np.stack(
             [self._render(replace(c, effect=effect), k) for k, c in enumerate(self.conds)]
         )
