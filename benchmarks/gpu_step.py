@@ -25,8 +25,9 @@ import torch
 from rcic import config
 from rcic.data import BatchTransform, SiteDataset, collate_batch
 from rcic.models import build_model, compute_loss
+from rcic.precision import autocast
 from rcic.store import SiteStore
-from rcic.tta import autocast, resolve_device
+from rcic.tta import resolve_device
 
 
 def _sync(dev: torch.device) -> None:

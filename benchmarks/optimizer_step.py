@@ -21,7 +21,7 @@ import torch
 
 from rcic import demo, train
 from rcic.models import build_model, compute_loss
-from rcic.tta import autocast
+from rcic.precision import autocast
 
 
 def _batch(cfg, size: int = 64):

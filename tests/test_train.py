@@ -15,10 +15,10 @@ from rcic import (
     layout,
     metadata,
     models,
+    precision,
     runs,
     samples,
     train,
-    tta,
 )
 from rcic.config import ConfigError
 from rcic.errors import InputError
@@ -113,10 +113,13 @@ def test_deterministic_training_gives_the_same_bits_when_two_share_the_cores(
 
 def test_bf16_only_where_asked_and_not_on_a_deterministic_cpu_run():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert tta.use_bf16(cpu, amp=True, deterministic=False)
-    assert not tta.use_bf16(cpu, amp=True, deterministic=True)
-    assert not tta.use_bf16(cpu, amp=False, deterministic=False)
-    assert tta.use_bf16(gpu, amp=True, deterministic=True)  # CUDA kernels have their own switch
+    assert precision.use_bf16(cpu, amp=True, deterministic=False)
+    assert not precision.use_bf16(cpu, amp=True, deterministic=True)
+    assert not precision.use_bf16(cpu, amp=False, deterministic=False)
+    assert not precision.use_bf16(cpu, amp="auto", deterministic=False)  # fp32: no collapse
+    assert precision.use_bf16(gpu, amp=True, deterministic=True)  # CUDA kernels have their own switch
+    assert precision.use_bf16(gpu, amp="auto", deterministic=False)
+    assert not precision.use_bf16(gpu, amp=False, deterministic=False)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
@@ -476,7 +479,9 @@ def test_global_normalisation_predicts_with_the_training_pool(tiny_sites, tiny_s
         ("lr=abc", "lr", "a number"),
         ("batch_size=3.5", "batch_size", "a whole number"),
         ("epochs=ten", "epochs", "a whole number"),
-        ("amp=1", "amp", "true or false"),
+        ("amp=1", "amp", "true, false or auto"),
+        ("channels_last=fast", "channels_last", "true, false or auto"),
+        ("deterministic=1", "deterministic", "true or false"),
         ("zoom=[0.8, x]", "zoom", "two numbers"),
     ],
 )

@@ -105,9 +105,10 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     """Linear warm-up length before the cosine decay."""
     label_smoothing: float = 0.0
-    amp: bool = True
-    """bf16 autocast (CPU and GPU) where the device supports it."""
-    channels_last: bool = True
+    amp: bool | str = "auto"
+    """bf16 autocast: true, false or auto (bf16 on a GPU that has it, fp32 on a CPU; rcic.precision)."""
+    channels_last: bool | str = "auto"
+    """Channels-last memory format: true, false or auto (GPU: true; CPU: a cached probe picks)."""
     compile: bool = False
     """torch.compile the model."""
     seed: int = 0
@@ -159,6 +160,7 @@ def _check_type(key: str, kind: str, value) -> None:
     number = isinstance(value, int | float) and not isinstance(value, bool)
     ok = {
         "bool": isinstance(value, bool),
+        "bool | str": value in (True, False, "auto") and isinstance(value, bool | str),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": number,
         "str": isinstance(value, str),
@@ -169,6 +171,7 @@ def _check_type(key: str, kind: str, value) -> None:
     if not ok:
         expected = {
             "bool": "true or false",
+            "bool | str": "true, false or auto",
             "int": "a whole number",
             "float": "a number",
             "str": "a string",

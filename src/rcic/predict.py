@@ -25,10 +25,11 @@ from rcic.errors import InputError
 from rcic.logitsfile import write_logits
 from rcic.models import RcicModel
 from rcic.plates import fit_temperature
+from rcic.precision import use_bf16
 from rcic.runs import RunFolder, load_checkpoint
 from rcic.samples import split_sites, store_rows
 from rcic.store import SiteStore
-from rcic.tta import infer, resolve_device, sum_by_well, use_bf16
+from rcic.tta import infer, resolve_device, sum_by_well
 
 log = logging.getLogger(__name__)
 

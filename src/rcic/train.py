@@ -6,10 +6,11 @@ state (model, optimiser, loaders, epoch, best score) lives in one :class:`Traine
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,11 @@ from rcic.distributed import (
 from rcic.errors import TrainingError
 from rcic.metrics import accuracy_table, treatment_argmax
 from rcic.models import build_model, compute_loss
+from rcic.precision import PATHS, ComputePath, autocast, choose_path, use_bf16
 from rcic.runs import RunFolder, environment, restore, run_log, training_state
 from rcic.samples import Samples, select_samples
 from rcic.store import SiteStore, StoreError
-from rcic.tta import autocast, infer, sum_by_well, use_bf16
+from rcic.tta import infer, sum_by_well
 
 log = logging.getLogger(__name__)
 
@@ -136,23 +138,44 @@ def train(
         )
     model = build_model(cfg).to(ctx.device)
     check_input_size(model, cfg, size, ctx.device)
+    path = _compute_path(cfg, ctx, model, size, folder if resume else None)
     if ctx.main:
         folder.checkpoints.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            _start_folder(folder, cfg, ctx, st, store_path, samples)
+        if not resume:  # config.yaml as asked (auto stays auto), env.json the path taken
+            _start_folder(folder, cfg, ctx, st, store_path, samples, path)
+    cfg = replace(cfg, amp=path.bf16, channels_last=path.channels_last)
     with run_log(folder, ctx.main):
         trainer = Trainer.build(cfg, ctx, st, samples, model, size, folder, resume=resume)
         return trainer.fit(progress, stop_after_epoch)
 
 
-def _start_folder(folder: RunFolder, cfg: TrainConfig, ctx, st, store_path, samples) -> None:
-    """A new run's records: config, environment and split."""
+def _compute_path(cfg: TrainConfig, ctx, model, size: int, resumed: RunFolder | None):
+    """The precision and memory format of the run: a resumed run keeps the one it recorded; rank
+    0 chooses for every rank (rcic.precision)."""
+    if resumed is not None:
+        env = json.loads(resumed.env.read_text()) if resumed.env.exists() else {}
+        if env.get("path") in PATHS:
+            return ComputePath(*PATHS[env["path"]], how="resumed")
+    batch = cfg.batch_size // ctx.world
+    path = None
+    if ctx.main:
+
+        def loss(out, y):
+            return compute_loss(out, y, y, 1.0, cfg)
+
+        path = choose_path(cfg, ctx.device, model, size, batch, loss)
+    return gather(path, ctx)[0]
+
+
+def _start_folder(folder: RunFolder, cfg: TrainConfig, ctx, st, store_path, samples, path) -> None:
+    """A new run's records: config, environment (with the path it computes in) and split."""
     env = {
         **environment(ctx.device, ctx.world),
         "store": st.url or str(Path(store_path).resolve()),
         "store_kind": st.kind,
         "n_train_samples": len(samples.train_rows),
-        "bf16": use_bf16(ctx.device, cfg.amp, cfg.deterministic),
+        "bf16": path.bf16,
+        **path.record(),
     }
     folder.start(cfg, env, split_record(cfg, samples))
 

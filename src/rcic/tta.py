@@ -1,17 +1,16 @@
 """Test-time augmentation: a model run over a DataLoader with its test-time views (dihedral turns
-of each site), summed per well; the device and bf16 helpers it needs. Shared by validation and
-prediction."""
+of each site), summed per well. Shared by validation and prediction."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from rcic.data import BatchTransform, dihedral
+from rcic.precision import autocast
 
 
 def resolve_device(device: str) -> str:
@@ -19,23 +18,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def use_bf16(device: torch.device, amp: bool, deterministic: bool) -> bool:
-    """Whether a run computes in bf16 autocast: asked for (`amp`), and not on a CPU under
-    `deterministic`. There oneDNN's bf16 kernels (AVX-512 BF16 / AMX) gave different bits from one
-    run to the next when another process shared the cores, where fp32 kernels gave the same bits
-    (benchmarks/threads.py), so a deterministic run on a CPU computes in fp32."""
-    return amp and not (deterministic and device.type == "cpu")
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast where the device supports it (CPU, and GPUs of compute capability 8+)."""
-    if not enabled:
-        return nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
