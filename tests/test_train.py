@@ -117,7 +117,8 @@ def test_bf16_only_where_asked_and_not_on_a_deterministic_cpu_run():
     assert not precision.use_bf16(cpu, amp=True, deterministic=True)
     assert not precision.use_bf16(cpu, amp=False, deterministic=False)
     assert not precision.use_bf16(cpu, amp="auto", deterministic=False)  # fp32: no collapse
-    assert precision.use_bf16(gpu, amp=True, deterministic=True)  # CUDA kernels have their own switch
+    # CUDA kernels have their own switch
+    assert precision.use_bf16(gpu, amp=True, deterministic=True)
     assert precision.use_bf16(gpu, amp="auto", deterministic=False)
     assert not precision.use_bf16(gpu, amp=False, deterministic=False)
 
