@@ -1,5 +1,6 @@
 """Training images/s on this CPU: every precision and memory format, 1 and 2 threads, two input
-sizes, as a bare loop; then `rcic train` on the demo screen in the path it picks for itself.
+sizes, as a bare loop, alone and two at once; then `rcic train` on the demo screen in the path it
+picks for itself.
 
 Usage: python benchmarks/train_throughput.py [--work DIR] [--sizes 64 256] [--backbone resnet18]
 
@@ -8,7 +9,9 @@ The bare loop trains the demo's RcicModel (configs/demo.yaml: ResNet-18, batch 6
 autocast, contiguous or channels-last, `torch.set_num_threads(1 or 2)`; the speed of the timed
 steps after warm-up. Then `rcic train configs/demo.yaml` at 64 px, 2 epochs, in the path chosen by
 its own probe (`amp: auto`, `channels_last: auto`): its second epoch's images/s against the best
-bare loop at 2 threads. The CPU's model name and its bf16/AMX/AVX-512 flags head the table.
+bare loop at 2 threads. Contention rows: at 64 px, two bare loops of one path started at once
+(each 2 threads, then each 1 thread), each one's speed against the path alone on 2 threads. The
+CPU's model name and its bf16/AMX/AVX-512 flags head the table.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,8 +68,8 @@ def bare_loop(cfg, size: int, bf16: bool, channels_last: bool, steps: int) -> fl
     return steps * cfg.batch_size / (time.perf_counter() - t0)
 
 
-def bare_table(sizes: list[int], backbone: str) -> dict:
-    best = {}
+def bare_table(sizes: list[int], backbone: str) -> tuple[dict, dict]:
+    best, alone64 = {}, {}
     print(f"{'bare loop, images/s':22} " + " ".join(f"{p:>16}" for p in precision.PATHS))
     for size in sizes:
         batch = 64 if size <= 128 else 32
@@ -73,11 +78,31 @@ def bare_table(sizes: list[int], backbone: str) -> dict:
         for threads in (1, 2):
             torch.set_num_threads(threads)
             speeds = {p: bare_loop(cfg, size, *precision.PATHS[p], steps) for p in precision.PATHS}
-            print(f"{size:4d} px, {threads} thread{'s' if threads > 1 else ' '}, batch {batch:2d} "
-                  + " ".join(f"{v:16.1f}" for v in speeds.values()))  # fmt: skip
+            label = f"{size:4d} px, {threads} thread{'s' if threads > 1 else ' '}, batch {batch:2d}"
+            print(label + " ".join(f"{v:16.1f}" for v in speeds.values()))
             best[(size, threads)] = max(speeds.items(), key=lambda kv: kv[1])
+            if (size, threads) == (64, 2):
+                alone64 = speeds
     torch.set_num_threads(2)
-    return best
+    return best, alone64
+
+
+def one_loop(path: str, threads: int, steps: int, size: int = 64) -> float:
+    torch.set_num_threads(threads)
+    return bare_loop(config.load_config(CONFIG, []), size, *precision.PATHS[path], steps)
+
+
+def contention_rows(alone: dict, steps: int = 6) -> None:
+    """Two bare loops of each path at once, each on 2 then on 1 thread(s)."""
+    print("two at once, 64 px: images/s of each (% of the path alone on 2 threads)")
+    for path, solo in alone.items():
+        cells = []
+        for threads in (2, 1):
+            cmd = [sys.executable, __file__, "--one", path, str(threads), str(steps)]
+            procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+            speeds = [float(p.communicate()[0].split()[-1]) for p in procs]
+            cells.append(" ".join(f"{v:6.1f} ({100 * v / solo:3.0f}%)" for v in speeds))
+        print(f"  {path:20} 2 threads each: {cells[0]}   1 thread each: {cells[1]}")
 
 
 def rcic_row(work: Path, best: tuple[str, float]) -> None:
@@ -107,10 +132,16 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--no-rcic", action="store_true", help="the bare loops only")
+    ap.add_argument("--one", nargs=3, metavar=("PATH", "THREADS", "STEPS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:  # one loop of a contention pair
+        print(one_loop(args.one[0], int(args.one[1]), int(args.one[2])))
+        return
     logging.basicConfig(level=logging.WARNING)
     print(f"torch {torch.__version__}, backbone {args.backbone}; {cpu_line()}")
-    best = bare_table(args.sizes, args.backbone)
+    best, alone64 = bare_table(args.sizes, args.backbone)
+    if alone64:
+        contention_rows(alone64)
     if not args.no_rcic:
         rcic_row(args.work, best[(64, 2)])
 

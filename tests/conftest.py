@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ import pytest
 from rcic import cli, metadata, packing, synth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "rxrx1"
+
+
+def pytest_configure(config):
+    """The training path probe's cache (rcic.precision) in a folder of this session, never the
+    user's, for this process and the rcic processes tests start."""
+    os.environ["RCIC_CACHE"] = tempfile.mkdtemp(prefix="rcic-test-cache-")
 
 
 def shared_or_skip() -> Path:

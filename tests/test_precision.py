@@ -37,28 +37,34 @@ def _choose(*overrides):
     return precision.choose_path(cfg, CPU, build_model(cfg), 32, 32, None)
 
 
-def test_auto_on_a_cpu_probes_fp32_formats_keeps_the_fastest_and_caches_it(monkeypatch):
-    probed = _timed(monkeypatch, {"fp32": 100.0, "fp32 channels-last": 130.0})
+ALL = {"fp32": 100.0, "fp32 channels-last": 90.0, "bf16": 120.0, "bf16 channels-last": 150.0}
+
+
+def test_auto_on_a_cpu_probes_every_path_keeps_the_fastest_and_caches_it(monkeypatch):
+    probed = _timed(monkeypatch, ALL)
     path = _choose()
-    assert probed == ["fp32", "fp32 channels-last"]  # bf16 is never tried unless asked
-    assert (path.name, path.how) == ("fp32 channels-last", "probe")
-    assert path.record()["path_probe"] == {"fp32": 100.0, "fp32 channels-last": 130.0}
+    assert probed == list(precision.PATHS)
+    assert (path.name, path.how, path.speeds) == ("bf16 channels-last", "probe", ALL)
     again = _choose()
-    assert probed == ["fp32", "fp32 channels-last"] and again.how == "cache"
-    assert again.name == "fp32 channels-last"
-    _timed(monkeypatch, {"fp32": 130.0, "fp32 channels-last": 100.0})
+    assert len(probed) == 4 and (again.name, again.how) == ("bf16 channels-last", "cache")
+    assert again.speeds == ALL  # the guard's reference survives the cache
+    _timed(monkeypatch, {**ALL, "fp32": 200.0})
     assert _choose("backbone=resnet34").name == "fp32"  # another model: its own probe
 
 
-def test_bf16_asked_on_a_cpu_probes_bf16_formats_only(monkeypatch):
-    probed = _timed(monkeypatch, {"bf16": 90.0, "bf16 channels-last": 80.0})
-    assert _choose("amp=true").name == "bf16"
+def test_a_fixed_precision_or_format_narrows_the_probe(monkeypatch):
+    probed = _timed(monkeypatch, ALL)
+    assert _choose("amp=true").name == "bf16 channels-last"
     assert probed == ["bf16", "bf16 channels-last"]
+    assert _choose("channels_last=false").name == "bf16"
+    assert probed[2:] == ["fp32", "bf16"]
+    assert _choose("amp=false").name == "fp32"
 
 
 def test_fixed_settings_and_deterministic_runs_do_not_probe(monkeypatch):
     probed = _timed(monkeypatch, {})
-    assert _choose("channels_last=true").name == "fp32 channels-last"
+    assert _choose("amp=false", "channels_last=true").name == "fp32 channels-last"
+    assert _choose("deterministic=true", "channels_last=true").name == "fp32 channels-last"
     assert _choose("amp=true", "channels_last=false").name == "bf16"
     assert _choose("deterministic=true").name == "fp32"  # bits must not depend on a timing
     assert _choose("deterministic=true", "amp=true").name == "fp32"
@@ -88,7 +94,7 @@ def test_the_real_probe_times_a_copy_and_leaves_the_model_and_rng_alone():
 def test_a_run_records_its_path_and_keeps_it_when_resumed(
     tiny_sites, tiny_store, tmp_path, monkeypatch
 ):
-    _timed(monkeypatch, {"fp32": 100.0, "fp32 channels-last": 130.0})
+    _timed(monkeypatch, {**ALL, "fp32 channels-last": 300.0})
     cfg = config.load_config(None, [*FAST, "epochs=2"])
     run = tmp_path / "run"
     train.train(cfg, tiny_sites, tiny_store, run, progress=False, stop_after_epoch=1)
@@ -99,7 +105,7 @@ def test_a_run_records_its_path_and_keeps_it_when_resumed(
         False,
     )
     assert config.load_config(run / "config.yaml").channels_last == "auto"  # as asked
-    _timed(monkeypatch, {"fp32": 200.0, "fp32 channels-last": 100.0})
+    _timed(monkeypatch, {**ALL, "fp32": 400.0})
     precision.cache_file().unlink()  # a resumed run does not ask the probe again
     seen = []
     real = train.Trainer.build
@@ -117,3 +123,53 @@ def test_a_run_records_its_path_and_keeps_it_when_resumed(
 def test_path_settings_are_checked_by_name(key):
     with pytest.raises(ConfigError, match=key):
         config.load_config(None, [f"{key}=fast"])
+
+
+def test_the_guard_drops_to_one_thread_on_a_collapse_and_returns_when_the_cores_are_free():
+    torch.set_num_threads(2)
+    guard = precision.ThreadGuard(reference=200.0)
+    for speed in (190, 60, 250):  # slower, not collapsed
+        guard.after_step(speed, 1.0)
+    assert torch.get_num_threads() == 2
+    guard.after_step(45, 1.0)  # under a fifth of the best seen (250)
+    assert torch.get_num_threads() == 1 and guard.drops == 1
+    for _ in range(guard.FIRST_RETRY):
+        guard.after_step(100, 1.0)
+    assert torch.get_num_threads() == 2  # a try on the full count
+    guard.after_step(10, 1.0)  # still shared: back to one thread, twice as long
+    assert torch.get_num_threads() == 1 and guard.backoff == 2 * guard.FIRST_RETRY
+    for _ in range(2 * guard.FIRST_RETRY):
+        guard.after_step(100, 1.0)
+    assert torch.get_num_threads() == 2
+    guard.after_step(130, 1.0)  # free again (over half of 250): stays
+    for _ in range(3):
+        guard.after_step(170, 1.0)
+    assert guard.backoff == guard.FIRST_RETRY
+    assert torch.get_num_threads() == 2 and guard.drops == 2
+    guard.after_step(10, 1.0)
+    assert torch.get_num_threads() == 1
+    guard.restore()
+    assert torch.get_num_threads() == 2
+
+
+def test_the_guard_is_off_for_deterministic_runs_and_one_thread():
+    torch.set_num_threads(2)
+    guard = precision.ThreadGuard(reference=200.0, enabled=False)
+    for _ in range(10):
+        guard.after_step(1, 1.0)
+    assert torch.get_num_threads() == 2 and guard.drops == 0
+    torch.set_num_threads(1)
+    assert not precision.ThreadGuard(reference=200.0).enabled
+    torch.set_num_threads(2)
+
+
+def test_without_a_probe_the_guard_takes_its_reference_after_the_warm_up_step():
+    torch.set_num_threads(2)
+    guard = precision.ThreadGuard()
+    guard.after_step(5, 1.0)  # cold kernels
+    guard.after_step(200, 1.0)
+    guard.after_step(100, 1.0)
+    assert torch.get_num_threads() == 2 and guard.ref == 200
+    guard.after_step(30, 1.0)
+    assert torch.get_num_threads() == 1
+    guard.restore()

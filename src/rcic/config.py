@@ -109,6 +109,8 @@ class TrainConfig:
     """bf16 autocast: true, false or auto (bf16 on a GPU that has it, fp32 on a CPU; rcic.precision)."""
     channels_last: bool | str = "auto"
     """Channels-last memory format: true, false or auto (GPU: true; CPU: a cached probe picks)."""
+    thread_guard: bool = True
+    """On a CPU (not deterministic): drop to 1 thread while other processes' load collapses training."""
     compile: bool = False
     """torch.compile the model."""
     seed: int = 0

@@ -1,18 +1,23 @@
-"""Which precision and memory format a model computes in: the fastest robust path for this machine.
+"""Which precision and memory format a model computes in, and how many threads: the fastest path
+for this machine, kept fast when other processes share its cores.
 
 `amp` and `channels_last` in a config are true, false or ``auto``. On a GPU, auto means bf16 (where
-the GPU has it) and channels-last. On a CPU, auto means fp32 (bf16 is taken only when asked for:
-two bf16 trainings sharing the cores each fell to 3% of their speed alone, fp32 kept 81-85%,
-benchmarks/results/threads.txt, and bf16 was not the fastest path at 64 px on either kind of CPU
-measured, benchmarks/results/train_throughput.txt), and the memory format is chosen by a probe:
-a few optimiser steps of a copy of the model on a random batch in each candidate path, the
-fastest kept. The probe's answer is cached per CPU, torch version, threads, model and input
+the GPU has it) and channels-last. On a CPU, a probe times a few optimiser steps of a copy of the
+model on a random batch in each path the config leaves open (fp32 or bf16, contiguous or
+channels-last) and keeps the fastest: which one wins differs between CPUs (bf16 channels-last on
+one with AMX, fp32 contiguous on one with AVX-512 BF16 alone; benchmarks/results/
+train_throughput.txt). The answer is cached per CPU, torch version, threads, model and input
 (``$RCIC_CACHE``, else ``$XDG_CACHE_HOME/rcic``, else ``~/.cache/rcic``), so it runs once per
 machine and setting; a run records its path in env.json and keeps it when resumed.
 
-A deterministic run on a CPU computes in fp32, contiguous unless asked otherwise: oneDNN's bf16
-kernels gave different bits from one run to the next when another process shared the cores,
-and a probe's answer would make the path depend on timing.
+A run on a CPU that shares its cores with another busy process can collapse: bf16 kernels wait
+for their threads by spinning, and two bf16 trainings of two threads each on two cores fell to 3%
+of their speed. `ThreadGuard` watches each step's speed and drops torch to one thread when it
+falls below a fifth of the speed alone, trying the full count again after a back-off.
+
+A deterministic run on a CPU computes in fp32, contiguous unless asked otherwise, on a fixed
+number of threads: oneDNN's bf16 kernels gave different bits from one run to the next when
+another process shared the cores, and a probe's answer would make the path depend on timing.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import platform
 import time
@@ -37,6 +43,7 @@ PATHS = {
     "bf16 channels-last": (True, True),
 }
 PROBE_STEPS = 3  # timed, after one step of warm-up
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,18 +64,11 @@ class ComputePath:
 
 
 def use_bf16(device: torch.device, amp: bool | str, deterministic: bool) -> bool:
-    """Whether a run computes in bf16 autocast: asked for (`amp` true, or ``auto`` on a GPU), and
-    not on a CPU under `deterministic`."""
+    """Whether bf16 autocast is asked for: `amp` true, or ``auto`` on a GPU (on a CPU auto is the
+    probe's to decide, `choose_path`); never on a CPU under `deterministic`."""
     if device.type == "cpu":
         return amp is True and not deterministic
     return amp is True or amp == "auto"
-
-
-def use_channels_last(device: torch.device, channels_last: bool | str) -> bool | None:
-    """The memory format a config fixes, or None when a probe has to choose (auto on a CPU)."""
-    if channels_last == "auto":
-        return True if device.type == "cuda" else None
-    return bool(channels_last)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -81,31 +81,33 @@ def autocast(device: torch.device, enabled: bool):
 
 
 def choose_path(cfg, device: torch.device, model, size: int, batch: int, loss_fn) -> ComputePath:
-    """The path `cfg` asks for, probing the memory format where it says auto on a CPU.
+    """The path `cfg` asks for, probing on a CPU what it leaves to auto.
 
     `loss_fn(out, labels)` is the training loss; `batch` the per-process batch size.
     """
-    bf16 = use_bf16(device, cfg.amp, cfg.deterministic)
-    fixed = use_channels_last(device, cfg.channels_last)
-    if cfg.deterministic and device.type == "cpu" and fixed is None:
-        fixed = False
-    if fixed is not None:
-        return ComputePath(bf16, fixed)
-    key = _cache_key(cfg, size, batch, bf16)
-    cached = _read_cache().get(key)
-    if cached in PATHS:
-        return ComputePath(*PATHS[cached], how="cache")
+    if device.type != "cpu":
+        channels_last = cfg.channels_last in (True, "auto")
+        return ComputePath(use_bf16(device, cfg.amp, cfg.deterministic), channels_last)
+    precisions = [False] if cfg.deterministic or cfg.amp is False else [True]
+    if cfg.amp == "auto" and not cfg.deterministic:
+        precisions = [False, True]
+    formats = [cfg.channels_last] if cfg.channels_last != "auto" else [False, True]
+    if cfg.deterministic and cfg.channels_last == "auto":
+        formats = [False]
+    candidates = [n for n, p in PATHS.items() if p[0] in precisions and p[1] in formats]
+    if len(candidates) == 1:
+        return ComputePath(*PATHS[candidates[0]])
+    key = _cache_key(cfg, size, batch, candidates)
+    cached = _read_cache().get(key, {})
+    if cached.get("path") in candidates:
+        return ComputePath(*PATHS[cached["path"]], how="cache", speeds=cached.get("speeds"))
     with torch.random.fork_rng(devices=[]):  # the run's random stream as if no probe had run
         speeds = {
-            name: probe(model, cfg, size, batch, loss_fn, *PATHS[name])
-            for name, (b, _) in PATHS.items()
-            if b == bf16
+            n: round(probe(model, cfg, size, batch, loss_fn, *PATHS[n]), 1) for n in candidates
         }
     best = max(speeds, key=speeds.get)
-    _write_cache(key, best)
-    return ComputePath(
-        *PATHS[best], how="probe", speeds={k: round(v, 1) for k, v in speeds.items()}
-    )
+    _write_cache(key, {"path": best, "speeds": speeds})
+    return ComputePath(*PATHS[best], how="probe", speeds=speeds)
 
 
 def probe(model, cfg, size: int, batch: int, loss_fn, bf16: bool, channels_last: bool) -> float:
@@ -136,7 +138,7 @@ def cache_file() -> Path:
     return (base if os.environ.get("RCIC_CACHE") else base / "rcic") / "paths.json"
 
 
-def _cache_key(cfg, size: int, batch: int, bf16: bool) -> str:
+def _cache_key(cfg, size: int, batch: int, candidates: list[str]) -> str:
     cpu = platform.processor() or platform.machine()
     info = Path("/proc/cpuinfo")
     if info.exists():
@@ -144,7 +146,7 @@ def _cache_key(cfg, size: int, batch: int, bf16: bool) -> str:
         cpu = next((ln for ln in lines if ln.startswith("model name")), cpu)
         cpu += next((ln for ln in lines if ln.startswith("flags")), "")
     model = (cfg.backbone, cfg.embedding_dim, cfg.head)
-    parts = [cpu, torch.__version__, torch.get_num_threads(), model, size, batch, bf16]
+    parts = [cpu, torch.__version__, torch.get_num_threads(), model, size, batch, candidates]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
@@ -155,12 +157,81 @@ def _read_cache() -> dict:
         return {}  # no cache yet, or an unreadable one: probe again
 
 
-def _write_cache(key: str, name: str) -> None:
+def _write_cache(key: str, entry: dict) -> None:
     path = cache_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({**_read_cache(), key: name}, indent=1))
+        tmp.write_text(json.dumps({**_read_cache(), key: entry}, indent=1))
         tmp.replace(path)
     except OSError:
         pass  # a read-only home: the probe runs again next time
+
+
+class ThreadGuard:
+    """Drops torch's intra-op pool to one thread when `patience` steps running take under
+    `COLLAPSE` of the speed alone (the probe's, or the best step seen; a collapsed step of the
+    demo lasts about 9 s, so one is enough to act on); after a back-off of
+    `FIRST_RETRY` steps (doubled on each failed try) it gives one step the full count back and
+    keeps it if that step reaches `RECOVER` of the speed alone. Off for deterministic runs."""
+
+    COLLAPSE, RECOVER, FIRST_RETRY = 0.2, 0.5, 64
+
+    def __init__(self, reference: float | None = None, enabled: bool = True, patience: int = 1):
+        self.full = torch.get_num_threads()
+        self.enabled = enabled and self.full > 1
+        self.ref, self.patience = reference, patience
+        self.slow = self.steps = 0
+        self.backoff, self.retry_at, self.trying = self.FIRST_RETRY, None, False
+        self.drops = 0
+
+    def after_step(self, n_images: int, seconds: float) -> None:
+        """Account for one step of `n_images` that took `seconds`."""
+        if not self.enabled:
+            return
+        self.steps += 1
+        speed = n_images / max(seconds, 1e-9)
+        if self.trying:
+            self._judge_try(speed)
+        elif self.retry_at is not None:
+            if self.steps >= self.retry_at:
+                torch.set_num_threads(self.full)
+                self.trying = True
+        else:
+            self._watch(speed)
+
+    def _watch(self, speed: float) -> None:
+        if self.ref is None:  # no probe: the second step is the reference (the first warms up)
+            self.ref = speed if self.steps > 1 else None
+            return
+        self.slow = self.slow + 1 if speed < self.COLLAPSE * self.ref else 0
+        self.ref = max(self.ref, speed)
+        if self.slow >= self.patience:
+            log.warning(
+                "%.0f images/s against %.0f alone: another process shares the cores; training on "
+                "1 thread, trying %d again in %d steps",
+                speed,
+                self.ref,
+                self.full,
+                self.backoff,
+            )
+            self._drop()
+
+    def _judge_try(self, speed: float) -> None:
+        self.trying = False
+        if speed >= self.RECOVER * self.ref:
+            log.info("the cores are free again: training on %d threads", self.full)
+            self.retry_at, self.backoff, self.slow = None, self.FIRST_RETRY, 0
+        else:
+            self.backoff *= 2
+            self._drop()
+
+    def restore(self) -> None:
+        """The thread count the guard found, whatever it did."""
+        if self.enabled:
+            torch.set_num_threads(self.full)
+
+    def _drop(self) -> None:
+        torch.set_num_threads(1)
+        self.drops += 1
+        self.slow, self.retry_at = 0, self.steps + self.backoff

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from rcic.distributed import (
 from rcic.errors import TrainingError
 from rcic.metrics import accuracy_table, treatment_argmax
 from rcic.models import build_model, compute_loss
-from rcic.precision import PATHS, ComputePath, autocast, choose_path, use_bf16
+from rcic.precision import PATHS, ComputePath, ThreadGuard, autocast, choose_path, use_bf16
 from rcic.runs import RunFolder, environment, restore, run_log, training_state
 from rcic.samples import Samples, select_samples
 from rcic.store import SiteStore, StoreError
@@ -146,7 +146,13 @@ def train(
     cfg = replace(cfg, amp=path.bf16, channels_last=path.channels_last)
     with run_log(folder, ctx.main):
         trainer = Trainer.build(cfg, ctx, st, samples, model, size, folder, resume=resume)
-        return trainer.fit(progress, stop_after_epoch)
+        alone = (path.speeds or {}).get(path.name)
+        on_cpu = ctx.device.type == "cpu" and not cfg.deterministic
+        trainer.guard = ThreadGuard(alone, enabled=on_cpu and cfg.thread_guard)
+        try:
+            return trainer.fit(progress, stop_after_epoch)
+        finally:
+            trainer.guard.restore()
 
 
 def _compute_path(cfg: TrainConfig, ctx, model, size: int, resumed: RunFolder | None):
@@ -247,6 +253,7 @@ class Trainer:
     transform: BatchTransform
     start_epoch: int = 0
     best: float = -1.0
+    guard: ThreadGuard = field(default_factory=lambda: ThreadGuard(enabled=False))
 
     @classmethod
     def build(cls, cfg, ctx, st, samples, model, size, folder, *, resume=False) -> Trainer:
@@ -315,7 +322,9 @@ class Trainer:
                    disable=not (progress and ctx.main), leave=False)  # fmt: skip
         self.opt.zero_grad(set_to_none=True)
         for i, batch in enumerate(bar):
+            t_step = time.perf_counter()
             loss, n = self.step(batch, gen, epoch, i)
+            self.guard.after_step(n, time.perf_counter() - t_step)
             total += loss * cfg.accumulate
             count += 1
             n_images += n
