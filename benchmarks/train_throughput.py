@@ -10,7 +10,8 @@ autocast, contiguous or channels-last, `torch.set_num_threads(1 or 2)`; the spee
 steps after warm-up. Then `rcic train configs/demo.yaml` at 64 px, 2 epochs, in the path chosen by
 its own probe (`amp: auto`, `channels_last: auto`): its second epoch's images/s against the best
 bare loop at 2 threads. Contention rows: at 64 px, two bare loops of one path started at once
-(each 2 threads, then each 1 thread), each one's speed against the path alone on 2 threads. The
+(each 2 threads, then each 1 thread; OMP_WAIT_POLICY=PASSIVE as `rcic` sets it), each one's speed
+against the path alone on 2 threads. The
 CPU's model name and its bf16/AMX/AVX-512 flags head the table.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -30,6 +32,8 @@ from rcic import config, metadata, packing, precision, synth, train
 from rcic.models import build_model, compute_loss
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# as the rcic command line runs: idle OpenMP threads sleep (spinning ones collapse sooner)
+ENV = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -99,7 +103,9 @@ def contention_rows(alone: dict, steps: int = 6) -> None:
         cells = []
         for threads in (2, 1):
             cmd = [sys.executable, __file__, "--one", path, str(threads), str(steps)]
-            procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+            procs = [
+                subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=ENV) for _ in range(2)
+            ]
             speeds = [float(p.communicate()[0].split()[-1]) for p in procs]
             cells.append(" ".join(f"{v:6.1f} ({100 * v / solo:3.0f}%)" for v in speeds))
         print(f"  {path:20} 2 threads each: {cells[0]}   1 thread each: {cells[1]}")
