@@ -7,12 +7,12 @@ The training is `rcic train configs/demo.yaml` on the demo screen (`rcic synth -
 `rcic` processes: alone, then two at once on the same cores. Arms:
 - fp32, deterministic: ``deterministic=true`` (a CPU run then computes in fp32 on fixed threads);
 - the default: ``amp: auto``, ``channels_last: auto`` (the probe's path, cached by the solo run)
-  with the thread guard (rcic.precision.ThreadGuard);
-- the default without the guard: ``thread_guard=false``.
+  with the thread guard (rcic.precision.ThreadGuard).
+Without the guard, two bf16 trainings at once collapse: the bare loops' contention rows of
+benchmarks/train_throughput.py show it in a minute, where three epochs here would take 15.
 Speed is the images/s over all epochs (the harmonic mean of metrics.jsonl's epoch speeds), so
 the steps lost before the guard acts count; "same bits" says whether each run of the pair ended
-with exactly the solo run's loss and weights. The bare loops' contention rows (each path, two at
-once) are in benchmarks/train_throughput.py.
+with exactly the solo run's loss and weights.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 ARMS = {
     "fp32, deterministic": (["deterministic=true"], {}),
     "default (auto path, guard)": ([], {}),
-    "default without the guard": (["thread_guard=false"], {}),
 }
 
 
