@@ -41,9 +41,13 @@ def test_demo_quick_numbers(demo_dir, capsys):
         n: yaml.safe_load((demo_dir / "runs" / n / "config.yaml").read_text())["epochs"]
         for n in ("model-0", "bronze")
     }
-    assert (
-        epochs["bronze"] > epochs["model-0"]
-    )  # the bronze way gets the same steps, hence more epochs
+    # the bronze way gets the same steps, hence more epochs
+    assert epochs["bronze"] > epochs["model-0"]
+    parts = table["seconds"]  # where the time went: every part, within the whole
+    named = ("generate", "pack", "features route", "train", "predict", "plates and scores")
+    assert set(parts) == {*named, "profiles", "report"}
+    assert all(v >= 0 for v in parts.values()) and parts["train"] > 0
+    assert sum(parts.values()) <= 60 * table["minutes"] + 1
     for name in (
         "submission.csv",
         "stages.json",

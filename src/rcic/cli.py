@@ -595,7 +595,7 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: the tiny screen, 2 epochs per model (under a minute; its numbers mean nothing)",
+        help="a smoke run: the tiny screen, 1 epoch per model (under a minute; its numbers mean nothing)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
@@ -607,6 +607,8 @@ def cmd_demo(args) -> int:
 
     table = demo.run_demo(args.out, quick=args.quick, seed=args.seed, workers=args.workers)
     print(f"\nrcic demo finished in {table['minutes']:.1f} min. Outputs in {args.out}/:")
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in table["seconds"].items())
+    print(f"  where the time went: {parts}")
     print(
         "  submission.csv and stages.json (CNN + features), cnn/, features/, report.html, "
         "runs/ (model-0, model-1, bronze), data/, store/"

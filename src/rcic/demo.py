@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -37,6 +38,21 @@ from rcic.metrics import DEMO_STAGES, format_table
 log = logging.getLogger(__name__)
 
 
+class Clock:
+    """Seconds spent in each named part of the demo (``demo.json["seconds"]``)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def part(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
 def recipe(name: str, overrides: list[str]) -> config.TrainConfig:
     path = resources.files("rcic") / "configs" / f"{name}.yaml"
     with resources.as_file(path) as p:
@@ -50,37 +66,48 @@ def run_demo(
 
     `quick`: a smoke run of the same chain on the ``tiny`` screen with 1 epoch per model, in fp32
     so that a rerun gives the same bits (its numbers say nothing about what the recipe learns; the
-    full demo's do, within their run-to-run spread: it trains in bf16 where that is fast).
+    full demo's do, within their run-to-run spread: it trains in the path the probe finds
+    fastest, `rcic.precision`). ``demo.json["seconds"]``: where the time went.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, clock = time.perf_counter(), Clock()
     data, store_dir = out / "data", out / "store"
-    if not (data / "test_labels.csv").exists():
-        log.info("1/6 generating the demo screen in %s", data)
-        synth.generate(data, "tiny" if quick else "demo", seed, workers=workers)
-    sites = metadata.load_metadata(data)
-    log.info("2/6 packing %d sites into %s", len(sites), store_dir)
-    packing.pack(data, sites, store_dir, workers=workers)
+    with clock.part("generate"):
+        if not (data / "test_labels.csv").exists():
+            log.info("1/6 generating the demo screen in %s", data)
+            synth.generate(data, "tiny" if quick else "demo", seed, workers=workers)
+        sites = metadata.load_metadata(data)
+    with clock.part("pack"):
+        log.info("2/6 packing %d sites into %s", len(sites), store_dir)
+        packing.pack(data, sites, store_dir, workers=workers)
     epochs = ["epochs=1", "deterministic=true"] if quick else []
     models = {
         f"model-{k}": recipe("demo", epochs + [f"seed={seed + k}", f"fold={k}"]) for k in range(2)
     }
     bronze = recipe("bronze", epochs + [f"seed={seed}", "fold=0"])
     models["bronze"] = same_steps(bronze, models["model-0"], sites, store_dir)
-    logits = {"features": _features_route(out / "features", sites, store_dir)}
+    with clock.part("features route"):
+        logits = {"features": _features_route(out / "features", sites, store_dir)}
     for i, (name, cfg) in enumerate(models.items()):
         log.info("3/6 training %s (%d of %d)", name, i + 1, len(models))
-        logits[name] = _train_and_predict(cfg, out / "runs" / name, sites, store_dir)
+        logits[name] = _train_and_predict(cfg, out / "runs" / name, sites, store_dir, clock)
     log.info("5/6 plate post-processing and scoring; profiles of the first model")
-    table = _score(out, data, logits)
-    table["profiles"] = _profiles(out, data, sites, store_dir)
-    table["minutes"] = (time.perf_counter() - t0) / 60
-    atomic_text(out / "demo.json", json.dumps(table, indent=1))
+    with clock.part("plates and scores"):
+        table = _score(out, data, logits)
+    with clock.part("profiles"):
+        table["profiles"] = _profiles(out, data, sites, store_dir)
     log.info("6/6 writing the report")
-    from rcic.report import build_report
+    with clock.part("report"):
+        from rcic.report import build_report
 
-    build_report(out, out / "report.html")
+        table["minutes"] = (time.perf_counter() - t0) / 60  # the report reads demo.json
+        table["seconds"] = {k: round(v, 1) for k, v in clock.seconds.items()}
+        atomic_text(out / "demo.json", json.dumps(table, indent=1))
+        build_report(out, out / "report.html")
+    table["minutes"] = (time.perf_counter() - t0) / 60
+    table["seconds"] = {k: round(v, 1) for k, v in clock.seconds.items()}
+    atomic_text(out / "demo.json", json.dumps(table, indent=1))
     return table
 
 
@@ -100,32 +127,23 @@ def _features_route(folder: Path, sites, store_dir: Path) -> Path:
     return folder / "logits-test.npz"
 
 
-def _train_and_predict(cfg: config.TrainConfig, run: Path, sites, store_dir) -> Path:
+def _train_and_predict(cfg: config.TrainConfig, run: Path, sites, store_dir, clock: Clock) -> Path:
     """Train (or finish) one run, predict its held-out fold for the temperature, then the test
     experiments with that temperature; the test logits file."""
     done = run / "checkpoints" / "last.pt"
-    if not done.exists() or _epochs_done(run) < cfg.epochs:
-        train.train(cfg, sites, store_dir, run, resume=done.exists())
+    with clock.part("train"):
+        if not done.exists() or _epochs_done(run) < cfg.epochs:
+            train.train(cfg, sites, store_dir, run, resume=done.exists())
     log.info("4/6 predicting with %s", run.name)
-    fold = predict.predict_run(
-        run,
-        sites,
-        store_dir,
-        str(cfg.fold),
-        run / "logits-fold.npz",
-        checkpoint="last",
-        progress=False,
-    )
-    return predict.predict_run(
-        run,
-        sites,
-        store_dir,
-        "test",
-        run / "logits-test.npz",
-        checkpoint="last",
-        temperature=float(read_logits(fold)["temperature"]),
-        progress=False,
-    )
+    with clock.part("predict"):
+        kw = {"checkpoint": "last", "progress": False}
+        fold = predict.predict_run(
+            run, sites, store_dir, str(cfg.fold), run / "logits-fold.npz", **kw
+        )
+        temperature = float(read_logits(fold)["temperature"])
+        return predict.predict_run(
+            run, sites, store_dir, "test", run / "logits-test.npz", temperature=temperature, **kw
+        )
 
 
 def _profiles(out: Path, data: Path, sites, store_dir: Path) -> dict:
