@@ -178,15 +178,12 @@ def leak_audit(
 ) -> pd.DataFrame:
     """How far each phenotype dimension of the simulator moves the image statistics of a well.
 
-    For every dimension, wells of each cell type are rendered twice with the same nuisance and
-    the same random draws: once without a phenotype and once with only that dimension set to
-    plus or minus its `quantile` of |effect| over the screen's treatments (a strong siRNA; a
-    penetrance of 0.9), times the experiment's phenotype scale, as the screen renders it. This is
-    done on the first plate of `experiments` experiments per cell type (`{type}-01`, `-02`, ...:
-    each its own batch effects and scale). The shift of a statistic is its mean paired change in
-    units of its well-to-well standard deviation (over `n_wells` control wells of that plate,
-    `n_sites` sites each). A change of arrangement also re-draws how cells overlap, so each
-    well's change is partly noise: each shift comes with its standard error `se`.
+    On the first plate of `experiments` experiments per cell type (`{type}-01`, ...), control
+    wells are rendered twice with the same nuisance and random draws: without a phenotype, and
+    with only one dimension at plus or minus its `quantile` of |effect| over the treatments (a
+    strong siRNA; penetrance 0.9) times the experiment's phenotype scale. A statistic's shift is
+    its mean paired change over its well-to-well sd (`n_wells` wells, `n_sites` sites each); as
+    arrangement also re-draws how cells overlap, each shift has a standard error `se`.
 
     Returns one row per dimension, over every cell type, experiment and statistic: `max_shift`,
     the largest raw shift; `upper`, the largest shift + 2 se (what the audit cannot rule out);
@@ -198,17 +195,14 @@ def leak_audit(
     from rcic.parallel import ordered_map
 
     pheno = cellsim.sirna_phenotypes(strength, n_pathways, seed)
-    treat = np.abs(pheno.effect[:, : layout.N_TREATMENTS])
-    amplitude = np.array([np.quantile(t[t > 0], quantile) for t in np.moveaxis(treat, -1, 0)])
+    amplitude = _strong(pheno, quantile)
     chosen = [cellsim.D[name] for name in (dims or cellsim.PHENOTYPE_DIMS)]
     units = [(ct, f"{ct}-{e:02d}") for ct in cell_types for e in range(1, experiments + 1)]
-    n_parts = max(1, min(len(chosen), workers // len(units)))
-    parts = [list(c) for c in np.array_split(chosen, n_parts)]
-    jobs = [
-        (pheno, ct, exp, n_wells, n_sites, image_size, cell_radius, seed, part, amplitude)
-        for ct, exp in units
-        for part in parts
+    parts = [
+        list(c) for c in np.array_split(chosen, max(1, min(len(chosen), workers // len(units))))
     ]
+    render = (n_wells, n_sites, image_size, cell_radius, seed)
+    jobs = [(pheno, ct, exp, *render, part, amplitude) for ct, exp in units for part in parts]
     with ordered_map(_audit_part, jobs, workers) as results:
         done = list(results)  # per plate, its parts of the dims in order
     per_unit = [done[i : i + len(parts)] for i in range(0, len(done), len(parts))]
@@ -216,6 +210,12 @@ def leak_audit(
         np.stack([np.concatenate([r[j] for r in rows]) for rows in per_unit]) for j in (0, 1)
     )  # (plates, dims, stats)
     return _audit_rows(chosen, amplitude, shift, se, units)
+
+
+def _strong(pheno, quantile: float) -> np.ndarray:
+    """Per dimension, the `quantile` of |effect| over the treatments that have one."""
+    treat = np.abs(pheno.effect[:, : layout.N_TREATMENTS])
+    return np.array([np.quantile(t[t > 0], quantile) for t in np.moveaxis(treat, -1, 0)])
 
 
 def _audit_rows(chosen, amplitude, shift, se, units) -> pd.DataFrame:

@@ -127,15 +127,7 @@ def train(
         raise ConfigError(f"config image_size={size}: larger than the store's {st.size} px sites")
     if resume:
         folder.check_store_kind(st.kind, st.url or store_path)
-    pseudo = pd.read_csv(cfg.pseudo_labels) if cfg.pseudo_labels else None
-    # a resumed run keeps the validation experiments it recorded when it started
-    samples = select_samples(sites, st, cfg, pseudo, folder.held_out() if resume else None)
-    if len(samples.train_rows) == 0:
-        raise StoreError("no training samples: check the metadata, the store and the fold")
-    if cfg.batch_size % ctx.world:
-        raise ConfigError(
-            f"config batch_size={cfg.batch_size}: not divisible by the {ctx.world} processes"
-        )
+    samples = _samples(cfg, ctx, sites, st, folder, resume)
     model = build_model(cfg).to(ctx.device)
     check_input_size(model, cfg, size, ctx.device)
     path = _compute_path(cfg, ctx, model, size, folder if resume else None)
@@ -153,6 +145,20 @@ def train(
             return trainer.fit(progress, stop_after_epoch)
         finally:
             trainer.guard.restore()
+
+
+def _samples(cfg: TrainConfig, ctx, sites, st, folder: RunFolder, resume: bool) -> Samples:
+    """The run's training and held-out samples; a resumed run keeps the validation experiments it
+    recorded when it started."""
+    pseudo = pd.read_csv(cfg.pseudo_labels) if cfg.pseudo_labels else None
+    samples = select_samples(sites, st, cfg, pseudo, folder.held_out() if resume else None)
+    if len(samples.train_rows) == 0:
+        raise StoreError("no training samples: check the metadata, the store and the fold")
+    if cfg.batch_size % ctx.world:
+        raise ConfigError(
+            f"config batch_size={cfg.batch_size}: not divisible by the {ctx.world} processes"
+        )
+    return samples
 
 
 def _compute_path(cfg: TrainConfig, ctx, model, size: int, resumed: RunFolder | None):
