@@ -69,3 +69,12 @@ def test_no_function_is_longer_than_fifty_lines():
                 if n > 50:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "\n".join(long)
+
+
+def test_every_entry_point_rcic_advertises_resolves():
+    """`import rcic` lists its entry points in `__all__`; each must load from the module named."""
+    import rcic
+
+    for name in rcic.__all__:
+        assert getattr(rcic, name) is not None, name
+    assert rcic.pack.__module__ == "rcic.packing"

@@ -6,7 +6,7 @@ light (the command line's ``rcic --help`` imports nothing heavy either)::
     rcic.load_metadata, rcic.wells_of      the dataset's tables (rcic.metadata)
     rcic.discover_groups                   siRNA groups and plate orders (rcic.rules)
     rcic.generate                          a synthetic screen (rcic.synth)
-    rcic.pack, rcic.SiteStore              the packed image store (rcic.store)
+    rcic.pack, rcic.SiteStore              the packed image store (rcic.packing, rcic.store)
     rcic.load_config, rcic.train           training (rcic.config, rcic.train)
     rcic.treatment_log_probs               logits -> per-well log-probabilities (rcic.plates)
     rcic.make_submission, rcic.SubmitOptions   the plate stages in memory (rcic.submit)
@@ -19,7 +19,7 @@ _ENTRY_POINTS = {
     "wells_of": "rcic.metadata",
     "discover_groups": "rcic.rules",
     "generate": "rcic.synth",
-    "pack": "rcic.store",
+    "pack": "rcic.packing",
     "SiteStore": "rcic.store",
     "load_config": "rcic.config",
     "train": "rcic.train",
