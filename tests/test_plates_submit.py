@@ -195,6 +195,21 @@ def test_submission_and_stage_scores(tiny_screen, tmp_path):
     }
 
 
+@pytest.mark.parametrize("stages", ["ensemble,wells", "wells"])
+def test_stages_that_skip_one_are_refused_by_name(stages, tiny_screen, tmp_path, capsys):
+    """The well decision needs the plate groups: a list that skips them is no prefix and is
+    refused, writing nothing (it used to run without the well decision, silently)."""
+    from rcic import cli
+
+    _, test, labels = _truth(tiny_screen)
+    _write_test_logits(tmp_path / "a.npz", test, _simulated_logits(labels, 1.5))
+    args = ["submit", "--logits", str(tmp_path / "a.npz"), "--data", str(tiny_screen)]
+    assert cli.main([*args, "--out", str(tmp_path / "s.csv"), "--stages", stages]) == 2
+    assert "each stage needs the one before it" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+    assert cli.main([*args, "--out", str(tmp_path / "s.csv"), "--stages", "groups"]) == 0
+
+
 def test_pseudo_labels_respect_one_per_plate(tiny_screen, tmp_path):
     _, test, labels = _truth(tiny_screen)
     _write_test_logits(tmp_path / "a.npz", test, _simulated_logits(labels, 2.0))

@@ -500,6 +500,12 @@ def cmd_submit(args) -> int:
     unknown = set(stages) - set(submit.STAGES)
     if unknown:
         raise InputError(f"--stages: unknown stage(s) {sorted(unknown)}; expected {submit.STAGES}")
+    ran = [s for s in submit.STAGES if s in {"ensemble", *stages}]
+    if ran != list(submit.STAGES[: len(ran)]):
+        raise InputError(
+            f"--stages {args.stages}: each stage needs the one before it; give a prefix of "
+            f"{','.join(submit.STAGES)}"
+        )
     res = submit.run_submit(
         args.logits,
         args.data,
