@@ -106,7 +106,7 @@ class TrainConfig:
     """Linear warm-up length before the cosine decay."""
     label_smoothing: float = 0.0
     amp: bool | str = "auto"
-    """bf16 autocast: true, false or auto (bf16 on a GPU that has it, fp32 on a CPU; rcic.precision)."""
+    """bf16 autocast: true, false or auto (GPU: bf16 where it has it; CPU: a cached probe picks)."""
     channels_last: bool | str = "auto"
     """Channels-last memory format: true, false or auto (GPU: true; CPU: a cached probe picks)."""
     thread_guard: bool = True
