@@ -50,7 +50,8 @@ def main(paths: list[Path]) -> None:
         cells = " ".join(
             f"{m:.3f} +- {s:.3f}" for m, s in zip(v.mean(0), v.std(0, ddof=1), strict=True)
         )
-        wins = sum(t[route][2] > max(t[h][2] for h in hand if h != route) for t in tables)
+        others = [h for h in hand if h != route]
+        wins = sum(t[route][2] > max(t[h][2] for h in others) for t in tables) if others else "-"
         print(f"{route:32} {cells}  {wins} of {len(tables)}")
 
 
