@@ -101,10 +101,13 @@ def run_demo(
     with clock.part("report"):
         from rcic.report import build_report
 
-        table["minutes"] = (time.perf_counter() - t0) / 60  # the report reads demo.json
-        table["seconds"] = {k: round(v, 1) for k, v in clock.seconds.items()}
-        atomic_text(out / "demo.json", json.dumps(table, indent=1))
+        _record(table, out, t0, clock)  # the report reads demo.json
         build_report(out, out / "report.html")
+    return _record(table, out, t0, clock)
+
+
+def _record(table: dict, out: Path, t0: float, clock: Clock) -> dict:
+    """`table` with the time so far, written to out/demo.json."""
     table["minutes"] = (time.perf_counter() - t0) / 60
     table["seconds"] = {k: round(v, 1) for k, v in clock.seconds.items()}
     atomic_text(out / "demo.json", json.dumps(table, indent=1))

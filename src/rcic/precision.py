@@ -88,12 +88,10 @@ def choose_path(cfg, device: torch.device, model, size: int, batch: int, loss_fn
     if device.type != "cpu":
         channels_last = cfg.channels_last in (True, "auto")
         return ComputePath(use_bf16(device, cfg.amp, cfg.deterministic), channels_last)
-    precisions = [False] if cfg.deterministic or cfg.amp is False else [True]
-    if cfg.amp == "auto" and not cfg.deterministic:
-        precisions = [False, True]
-    formats = [cfg.channels_last] if cfg.channels_last != "auto" else [False, True]
-    if cfg.deterministic and cfg.channels_last == "auto":
-        formats = [False]
+    free = not cfg.deterministic  # a deterministic run's path must not depend on a timing
+    precisions = [False, True] if cfg.amp == "auto" and free else [use_bf16(device, cfg.amp, False)]
+    precisions = [b and free for b in precisions]
+    formats = [False, True] if cfg.channels_last == "auto" and free else [cfg.channels_last is True]
     candidates = [n for n, p in PATHS.items() if p[0] in precisions and p[1] in formats]
     if len(candidates) == 1:
         return ComputePath(*PATHS[candidates[0]])
@@ -133,9 +131,10 @@ def probe(model, cfg, size: int, batch: int, loss_fn, bf16: bool, channels_last:
 
 
 def cache_file() -> Path:
-    root = os.environ.get("RCIC_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    base = Path(root) if root else Path.home() / ".cache"
-    return (base if os.environ.get("RCIC_CACHE") else base / "rcic") / "paths.json"
+    if os.environ.get("RCIC_CACHE"):
+        return Path(os.environ["RCIC_CACHE"]) / "paths.json"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rcic" / "paths.json"
 
 
 def _cache_key(cfg, size: int, batch: int, candidates: list[str]) -> str:
