@@ -44,9 +44,11 @@ def _metrics(run):
 
 
 def test_training_reduces_loss_and_leaves_a_run_folder(tiny_sites, tiny_store, tmp_path):
-    row = train.train(_cfg("epochs=4"), tiny_sites, tiny_store, tmp_path / "run", progress=False)
+    cfg = _cfg("epochs=4", "val_every=3")
+    row = train.train(cfg, tiny_sites, tiny_store, tmp_path / "run", progress=False)
     m = _metrics(tmp_path / "run")
     assert [r["epoch"] for r in m] == [1, 2, 3, 4]
+    assert ["val" in r for r in m] == [False, False, True, True]  # every 3rd epoch, and the last
     # the loss falls every epoch, by a tenth at least (the tiny screen's labels live in arrangement)
     assert all(r["loss"] < m[0]["loss"] for r in m[1:]) and m[-1]["loss"] < 0.9 * m[0]["loss"]
     for name in (
@@ -58,10 +60,17 @@ def test_training_reduces_loss_and_leaves_a_run_folder(tiny_sites, tiny_store, t
         "checkpoints/best.pt",
     ):
         assert (tmp_path / "run" / name).exists(), name
-    assert config.load_config(tmp_path / "run" / "config.yaml") == _cfg("epochs=4")
+    assert config.load_config(tmp_path / "run" / "config.yaml") == cfg
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "config"} <= set(ckpt)
     assert ckpt["epoch"] == 4
+    # best.pt: the first scored epoch with the highest held-out accuracy, the file `last` was then
+    best_epoch = 3 if m[2]["val"]["overall"] >= m[3]["val"]["overall"] else 4
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)
+    assert best["epoch"] == best_epoch
+    assert best["best"] == max(r["val"]["overall"] for r in m[2:])
+    linked = (tmp_path / "run" / "checkpoints" / f"{n}.pt" for n in ("best", "last"))
+    assert os.path.samefile(*linked) == (best_epoch == 4)
     assert set(row["val"]["cell_type"]) <= set(layout.CELL_TYPES)
     assert "held-out accuracy" in (tmp_path / "run" / "train.log").read_text()
 
@@ -91,21 +100,35 @@ def test_deterministic_training_gives_the_same_bits_when_two_share_the_cores(
     """Two `rcic train` processes with the same seed, at once on the same cores (the contention that
     made bf16 CPU runs differ): identical weights, losses and accuracies, computed in fp32."""
     runs = [tmp_path / "a", tmp_path / "b"]
-    base = ["train", "--data", str(tiny_screen), "--store", str(tiny_store), *FAST,
-            "deterministic=true", "amp=true"]  # fmt: skip
+    base = [
+        "train",
+        "--data",
+        str(tiny_screen),
+        "--store",
+        str(tiny_store),
+        *FAST,
+        "deterministic=true",
+        "amp=true",
+    ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "rcic.cli", *base, "--out", str(r)], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "rcic.cli", *base, "--out", str(r)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for r in runs
-    ]  # fmt: skip
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
     a, b = _weights(runs[0]), _weights(runs[1])
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    untimed = [[{k: v for k, v in row.items() if k != "images_per_s"} for row in _metrics(r)]
-               for r in runs]  # fmt: skip
+    untimed = [
+        [{k: v for k, v in row.items() if k != "images_per_s"} for row in _metrics(r)] for r in runs
+    ]
     assert untimed[0] == untimed[1] and len(untimed[0]) == 2
     env_json = json.loads((runs[0] / "env.json").read_text())
     assert env_json["bf16"] is False and env_json["cpu_threads"] >= 1
@@ -163,12 +186,22 @@ def test_threads_follow_the_cores_given(monkeypatch):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_tiny_site_training_stays_finite_for_any_seed(tiny_sites, tiny_store, tmp_path, seed):
-    cfg = _cfg("epochs=1", f"seed={seed}", "deterministic=true", "lr=0.002", "batch_size=64",
-               "embedding_dim=32", "warmup_epochs=1")  # fmt: skip
+    cfg = _cfg(
+        "epochs=1",
+        f"seed={seed}",
+        "deterministic=true",
+        "lr=0.002",
+        "batch_size=64",
+        "embedding_dim=32",
+        "warmup_epochs=1",
+    )
     row = train.train(cfg, tiny_sites, tiny_store, tmp_path / "run", progress=False)
     assert np.isfinite(row["loss"]) and 0 <= row["val"]["overall"] <= 1
-    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "run").values()
-               if v.is_floating_point())  # fmt: skip
+    assert all(
+        torch.isfinite(v).all()
+        for v in _weights(tmp_path / "run").values()
+        if v.is_floating_point()
+    )
 
 
 def test_folds_hold_out_whole_experiments(tiny_sites, tiny_store):

@@ -94,6 +94,9 @@ class TrainConfig:
 
     # optimisation
     epochs: int = 10
+    val_every: int = 1
+    """Score the held-out experiments every this many epochs, and after the last (best.pt is the
+    best of the epochs scored)."""
     batch_size: int = 64
     """Global batch size (split across ranks under torchrun)."""
     accumulate: int = 1
@@ -131,6 +134,7 @@ class TrainConfig:
             (self.sites in ("both", "1"), "sites", "both or 1"),
             (self.optimizer in ("adamw", "adam", "sgd"), "optimizer", "adamw, adam or sgd"),
             (self.epochs >= 1, "epochs", ">= 1"),
+            (self.val_every >= 1, "val_every", ">= 1"),
             (self.threads >= 0 and self.num_workers >= 0, "threads/num_workers", ">= 0"),
             (self.batch_size >= 1 and self.accumulate >= 1, "batch_size/accumulate", ">= 1"),
             (self.fold < self.folds, "fold", f"below folds ({self.folds})"),

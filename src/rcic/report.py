@@ -123,8 +123,10 @@ def training_curves(runs: list[Path]) -> str:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         epochs = [r["epoch"] for r in rows]
         ax1.plot(epochs, [r["loss"] for r in rows], marker="o", label=run.name)
-        if rows and "val" in rows[0]:
-            ax2.plot(epochs, [r["val"]["overall"] for r in rows], marker="o", label=run.name)
+        scored = [r for r in rows if "val" in r]  # every `val_every`-th epoch and the last
+        if scored:
+            x, y = [r["epoch"] for r in scored], [r["val"]["overall"] for r in scored]
+            ax2.plot(x, y, marker="o", label=run.name)
     ax1.set(xlabel="epoch", ylabel="training loss", title="loss")
     ax2.set(xlabel="epoch", ylabel="accuracy", title="held-out experiments, per well, 1 view")
     for a in (ax1, ax2):
@@ -376,7 +378,7 @@ def _projection(folder: Path) -> str:
     pathway = (
         wells["Metadata_sirna"].map(
             cons.drop_duplicates("Metadata_sirna").set_index("Metadata_sirna")["Metadata_pathway"]
-        )  # fmt: skip
+        )
         if "Metadata_pathway" in cons
         else pd.Series("", index=wells.index)
     )

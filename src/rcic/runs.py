@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import random
+import shutil
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +130,16 @@ class RunFolder:
         """Write to a temporary name, then rename: a crash never leaves a half-written checkpoint."""
         with atomic_path(self.checkpoint(which)) as tmp:
             torch.save(state, tmp)
+
+    def copy_checkpoint(self, source: str, which: str) -> None:
+        """Make checkpoint `which` the same file as `source`: a hard link where the file system
+        has them (no second write of the same bytes), else a copy; renamed into place either way."""
+        with atomic_path(self.checkpoint(which)) as tmp:
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(self.checkpoint(source), tmp)
+            except OSError:
+                shutil.copyfile(self.checkpoint(source), tmp)
 
 
 @contextmanager

@@ -276,24 +276,46 @@ class Trainer:
         if cfg.compile:
             wrapped = torch.compile(wrapped)
         transform = BatchTransform(size, cfg.flips, cfg.zoom, cfg.intensity_jitter, st.views)
-        return cls(cfg, ctx, folder, samples, loaders, model, wrapped, opt, sched, transform,
-                   start_epoch, best)  # fmt: skip
+        return cls(
+            cfg,
+            ctx,
+            folder,
+            samples,
+            loaders,
+            model,
+            wrapped,
+            opt,
+            sched,
+            transform,
+            start_epoch,
+            best,
+        )
 
     def fit(self, progress: bool = True, stop_after_epoch: int | None = None) -> dict:
         """Train from `start_epoch` to the configured epochs; the last epoch's metrics."""
         cfg, s = self.cfg, self.samples
         log.info(
             "training %s on %d samples (%d held-out samples of %s), %d px, %d epochs, world %d, device %s",
-            cfg.backbone, len(s.train_rows), len(s.val_rows), s.val_experiments,
-            self.transform.out_size, cfg.epochs, self.ctx.world, self.ctx.device,
-        )  # fmt: skip
+            cfg.backbone,
+            len(s.train_rows),
+            len(s.val_rows),
+            s.val_experiments,
+            self.transform.out_size,
+            cfg.epochs,
+            self.ctx.world,
+            self.ctx.device,
+        )
         row = {}
         for epoch in range(self.start_epoch, cfg.epochs):
             self.loaders.sampler.set_epoch(epoch)
             loss, speed = self.train_epoch(epoch, progress)
-            row = {"epoch": epoch + 1, "loss": loss, "images_per_s": speed,
-                   "lr": self.sched.get_last_lr()[0]}  # fmt: skip
-            if len(s.val_rows):  # every rank scores its shard; the metrics see all of them
+            row = {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "images_per_s": speed,
+                "lr": self.sched.get_last_lr()[0],
+            }
+            if self.scores(epoch):  # every rank scores its shard; the metrics see all of them
                 row["val"] = validate(
                     self.model, self.loaders.val, self.transform, s.val_rows, self.ctx, cfg
                 )
@@ -302,9 +324,20 @@ class Trainer:
                 break
         return row
 
+    def scores(self, epoch: int) -> bool:
+        """Whether `epoch` (0-based) scores the held-out experiments: every `val_every`-th, and
+        the last."""
+        last = epoch + 1 == self.cfg.epochs
+        return len(self.samples.val_rows) > 0 and ((epoch + 1) % self.cfg.val_every == 0 or last)
+
     def end_epoch(self, epoch: int, row: dict) -> None:
-        """Log the epoch, append its metrics, save `last` (and `best` when the score improved)."""
-        score = row.get("val", {}).get("overall", -row["loss"])
+        """Log the epoch, append its metrics, save `last` (and `best` when the score improved:
+        held-out accuracy where the epoch scored one, minus the loss where the run holds none
+        out; an epoch that skipped scoring is no candidate)."""
+        if "val" in row:
+            score = row["val"]["overall"]
+        else:
+            score = -math.inf if len(self.samples.val_rows) else -row["loss"]
         if self.ctx.main:
             self.folder.record_epoch(row)
             state = training_state(
@@ -314,7 +347,7 @@ class Trainer:
                 state["global_stats"] = torch.from_numpy(self.loaders.train_stats[0].copy())
             self.folder.save_checkpoint("last", state)
             if score > self.best:
-                self.folder.save_checkpoint("best", state)
+                self.folder.copy_checkpoint("last", "best")
         self.best = max(self.best, score)
         self.ctx.barrier()
 
@@ -324,8 +357,13 @@ class Trainer:
         self.wrapped.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 1_009 + ctx.rank)
         total, count, n_images, t0 = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(self.loaders.train, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not (progress and ctx.main), leave=False)  # fmt: skip
+        bar = tqdm(
+            self.loaders.train,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            disable=not (progress and ctx.main),
+            leave=False,
+        )
         self.opt.zero_grad(set_to_none=True)
         for i, batch in enumerate(bar):
             t_step = time.perf_counter()
@@ -380,8 +418,9 @@ def validate(model, loader, transform, rows: pd.DataFrame, ctx: Dist, cfg: Train
     gathered, so every rank returns the metrics of the whole held-out set.
     """
     amp = use_bf16(ctx.device, cfg.amp, cfg.deterministic)
-    res = infer(model, loader, transform, ctx.device, views=(0,), amp=amp,
-                channels_last=cfg.channels_last)  # fmt: skip
+    res = infer(
+        model, loader, transform, ctx.device, views=(0,), amp=amp, channels_last=cfg.channels_last
+    )
     parts = gather((res["rows"], res["logits"]), ctx)
     at = np.concatenate([r for r, _ in parts])
     frame = rows.iloc[at][["id_code", "experiment", "cell_type", "sirna"]].reset_index(drop=True)
