@@ -34,8 +34,10 @@ def main() -> None:
     print(demo.format_demo_table(table))
     print(f"group choice right on {table['group_choice_right']:.0%} of test plates")
     print(json.dumps(table["cell_type"], indent=1))
-    print("model-0's profiles (rcic profiles --correction tvn, its held-out fold and the test wells): "
-          + ", ".join(f"{k} {v:.3f}" for k, v in table["profiles"].items()))  # fmt: skip
+    print(
+        "model-0's profiles (rcic profiles --correction tvn, its held-out fold and the test wells): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in table["profiles"].items())
+    )
     from synth_difficulty import baseline_table, fold0_experiments
 
     from rcic import metadata, synth

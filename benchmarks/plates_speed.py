@@ -47,13 +47,21 @@ def main() -> None:
         )
         commands = {
             "winner (plain script)": [
-                sys.executable, str(HERE / "winner_plain.py"), str(tmp / "t.npz"), str(root),
+                sys.executable,
+                str(HERE / "winner_plain.py"),
+                str(tmp / "t.npz"),
+                str(root),
                 str(tmp / "plain.csv"),
             ],
             "rcic submit (defaults)": [
-                sys.executable, "-c", probe, str(tmp / "t.npz"), str(root), str(tmp / "sub.csv"),
+                sys.executable,
+                "-c",
+                probe,
+                str(tmp / "t.npz"),
+                str(root),
+                str(tmp / "sub.csv"),
             ],
-        }  # fmt: skip
+        }
         rows = []
         for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both
             for name, cmd in commands.items():

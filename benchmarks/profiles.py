@@ -122,8 +122,9 @@ def score(tables: list[Path], out: Path, truth: Path) -> dict[str, dict]:
 def feature_table(st: Path, labelled, out: Path) -> Path:
     if not out.exists():
         table = profiles.features_table(st, labelled)
-        profiles.write_table(table, out, {"command": "benchmarks/profiles.py features",
-                                          "rcic_version": __version__})  # fmt: skip
+        profiles.write_table(
+            table, out, {"command": "benchmarks/profiles.py features", "rcic_version": __version__}
+        )
     return out
 
 

@@ -63,7 +63,11 @@ BRONZE = [
 RECIPES = {
     "rcic (demo.yaml)": ("demo.yaml", [], "sites"),
     "bronze way": ("demo.yaml", BRONZE, "sites"),
-    "bronze way + plate norm": ("demo.yaml", [*BRONZE[:1], "normalisation=plate", *BRONZE[2:]], "sites"),
+    "bronze way + plate norm": (
+        "demo.yaml",
+        [*BRONZE[:1], "normalisation=plate", *BRONZE[2:]],
+        "sites",
+    ),
     "softmax only": ("demo.yaml", ["head=softmax"], "sites"),
     "ArcFace only": ("demo.yaml", ["head=arcface"], "sites"),
     "no control wells": ("demo.yaml", ["use_controls=false"], "sites"),
@@ -76,9 +80,11 @@ RECIPES = {
     f"aligned cells ({ALIGN})": ("cells.yaml", [], "aligned"),
     "efficientnet_lite0, scratch": ("demo.yaml", ["backbone=efficientnet_lite0"], "sites"),
     "efficientnet_lite0, ImageNet": (
-        "demo.yaml", ["backbone=efficientnet_lite0", "pretrained=lite0"], "sites",
+        "demo.yaml",
+        ["backbone=efficientnet_lite0", "pretrained=lite0"],
+        "sites",
     ),
-}  # fmt: skip
+}
 PSEUDO_EPOCHS, PSEUDO_FRACTION = 4, 0.5
 
 
@@ -114,8 +120,11 @@ def n_samples(cfg, sites, st) -> int:
 
 def stores(work: Path, data: Path, sites) -> dict[str, Path]:
     """The site store and the two cell stores cut from it (made once)."""
-    where = {"sites": work / "store", "cells": work / f"cells{CROP}",
-             "aligned": work / f"cells{CROP}-{ALIGN}"}  # fmt: skip
+    where = {
+        "sites": work / "store",
+        "cells": work / f"cells{CROP}",
+        "aligned": work / f"cells{CROP}-{ALIGN}",
+    }
     if not (where["sites"] / "store.json").exists():
         packing.pack(data, sites, where["sites"])
     for kind, align in (("cells", "none"), ("aligned", ALIGN)):
@@ -240,8 +249,10 @@ def _verdicts(results: dict, seeds) -> None:
     test = {n: np.array([results[f"{n}|{s}"]["test"] for s in seeds]) for n in names}
     val = {n: np.mean([results[f"{n}|{s}"]["val"] for s in seeds]) for n in names}
     ref_name = "+ same steps, no pseudo-labels"
-    print("against rcic's recipe on the test experiments (the pseudo-label round against "
-          "the same steps without):")  # fmt: skip
+    print(
+        "against rcic's recipe on the test experiments (the pseudo-label round against "
+        "the same steps without):"
+    )
     for n in names:
         ref = test[ref_name if n == "+ pseudo-label round" else "rcic (demo.yaml)"]
         if n in ("rcic (demo.yaml)", ref_name):

@@ -99,8 +99,19 @@ def test_pack_cells_failing_midway_leaves_nothing(tiny_store, tmp_path, monkeypa
 @pytest.fixture(scope="module")
 def cell_run(tiny_screen, cell_store, tmp_path_factory):
     run = tmp_path_factory.mktemp("cell-run") / "run"
-    args = ["train", "--data", str(tiny_screen), "--store", str(cell_store), "--out", str(run),
-            "epochs=1", "batch_size=64", "embedding_dim=32", "deterministic=true"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(tiny_screen),
+        "--store",
+        str(cell_store),
+        "--out",
+        str(run),
+        "epochs=1",
+        "batch_size=64",
+        "embedding_dim=32",
+        "deterministic=true",
+    ]
     assert cli.main(args) == 0
     return run
 
@@ -110,8 +121,20 @@ def test_tiny_cell_training_stays_finite_for_any_seed(tiny_screen, cell_store, t
     """The training that went NaN in bf16 when another process shared the cores: one epoch per seed,
     a finite loss and finite weights every time."""
     run = tmp_path / "run"
-    args = ["train", "--data", str(tiny_screen), "--store", str(cell_store), "--out", str(run),
-            "epochs=1", "batch_size=64", "embedding_dim=32", "deterministic=true", f"seed={seed}"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        str(tiny_screen),
+        "--store",
+        str(cell_store),
+        "--out",
+        str(run),
+        "epochs=1",
+        "batch_size=64",
+        "embedding_dim=32",
+        "deterministic=true",
+        f"seed={seed}",
+    ]
     assert cli.main(args) == 0
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert np.isfinite(row["loss"])
@@ -123,8 +146,9 @@ def test_train_and_predict_on_cells(
     tiny_screen, tiny_sites, tiny_store, cell_store, cell_run, tmp_path, capsys
 ):
     run = cell_run
-    out = predict.predict_run(run, tiny_sites, cell_store, "test", tmp_path / "t.npz", views=2,
-                              progress=False)  # fmt: skip
+    out = predict.predict_run(
+        run, tiny_sites, cell_store, "test", tmp_path / "t.npz", views=2, progress=False
+    )
     res = np.load(out)
     test_wells = tiny_sites.loc[
         (tiny_sites["split"] == "test") & (tiny_sites["well_type"] == "treatment"), "id_code"
@@ -135,12 +159,22 @@ def test_train_and_predict_on_cells(
     assert np.array_equal(res["n_sites"], per_well.loc[res["id_code"]].to_numpy())
     # a model of cells refuses a site store, and says what to do
     with pytest.raises(StoreError, match="rcic cells"):
-        predict.predict_run(run, tiny_sites, tiny_store, "test", tmp_path / "x.npz",
-                            progress=False)  # fmt: skip
+        predict.predict_run(run, tiny_sites, tiny_store, "test", tmp_path / "x.npz", progress=False)
     # and resuming it on a site store is refused before anything is trained
     before = (run / "metrics.jsonl").read_text()
-    resume = ["train", "--data", str(tiny_screen), "--store", str(tiny_store), "--out", str(run),
-              "--resume", "epochs=3", "batch_size=64", "embedding_dim=32"]  # fmt: skip
+    resume = [
+        "train",
+        "--data",
+        str(tiny_screen),
+        "--store",
+        str(tiny_store),
+        "--out",
+        str(run),
+        "--resume",
+        "epochs=3",
+        "batch_size=64",
+        "embedding_dim=32",
+    ]
     capsys.readouterr()
     assert cli.main(resume) == 2
     assert "started on a cells store" in capsys.readouterr().err
@@ -245,8 +279,22 @@ def test_aligned_cell_store_predicts_on_its_views(
     tiny_sites, tiny_store, cell_run, tmp_path, monkeypatch
 ):
     out = tmp_path / "aligned"
-    assert cli.main(["cells", "--store", str(tiny_store), "--out", str(out), "--crop", "16",
-                     "--align", "front"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "cells",
+                "--store",
+                str(tiny_store),
+                "--out",
+                str(out),
+                "--crop",
+                "16",
+                "--align",
+                "front",
+            ]
+        )
+        == 0
+    )
     cs, plain = store.SiteStore(out), store.SiteStore(tiny_store)
     assert cs.views == (0, 6) and plain.views == tuple(range(8))
     found = cs.index[cs.index["y"] >= 0]
@@ -278,6 +326,7 @@ def test_aligned_cell_store_predicts_on_its_views(
     monkeypatch.setattr(predict, "infer", spy)
     # (a model trained on the unaligned crops of the same size serves to show which views are used)
     predict.predict_run(cell_run, tiny_sites, out, "test", tmp_path / "t.npz", progress=False)
-    predict.predict_run(cell_run, tiny_sites, out, "test", tmp_path / "t1.npz", views=1,
-                        progress=False)  # fmt: skip
+    predict.predict_run(
+        cell_run, tiny_sites, out, "test", tmp_path / "t1.npz", views=1, progress=False
+    )
     assert seen == [(0, 6), (0,)]

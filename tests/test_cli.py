@@ -112,15 +112,33 @@ def _list_options():
 
 def test_every_list_option_adds_when_repeated():
     """`submit --logits A --logits B` ensembles A and B (a repeated flag once replaced the list)."""
-    found = dict.fromkeys(("submit --logits", "submit --weights", "profiles --table",
-                           "pseudo --fractions"), False)  # fmt: skip
+    found = dict.fromkeys(
+        ("submit --logits", "submit --weights", "profiles --table", "pseudo --fractions"), False
+    )
     for command, action in _list_options():
         assert isinstance(action, argparse._ExtendAction), f"{command} {action.option_strings}"
         found[f"{command} {action.option_strings[0]}"] = True
     assert all(found.values()), found
     parse = cli.build_parser().parse_args
-    args = parse(["submit", "--logits", "a.npz", "--logits", "b.npz", "c.npz", "--data", "m", "--out", "s.csv",
-                  "--weights", "1", "--weights", "2", "3"])  # fmt: skip
+    args = parse(
+        [
+            "submit",
+            "--logits",
+            "a.npz",
+            "--logits",
+            "b.npz",
+            "c.npz",
+            "--data",
+            "m",
+            "--out",
+            "s.csv",
+            "--weights",
+            "1",
+            "--weights",
+            "2",
+            "3",
+        ]
+    )
     assert args.logits == [Path("a.npz"), Path("b.npz"), Path("c.npz")]
     assert args.weights == [1.0, 2.0, 3.0]
     pseudo = ["pseudo", "--run", "r", "--data", "d", "--store", "s", "--out", "o"]
@@ -162,6 +180,20 @@ def test_old_spellings_of_the_dataset_folder_work_with_a_warning(tiny_screen, tm
     assert cli.main(["prepare", "--out", str(tmp_path / "store")]) == 2
     assert cli.main(["check", "--data", str(tiny_screen), str(tmp_path)]) == 2  # two folders
     caplog.clear()
-    assert cli.main(["submit", "--logits", str(logits), "--data", str(tiny_screen), "--out",
-                     str(tmp_path / "x.csv"), "--stages", "ensemble,groups,assign"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "submit",
+                "--logits",
+                str(logits),
+                "--data",
+                str(tiny_screen),
+                "--out",
+                str(tmp_path / "x.csv"),
+                "--stages",
+                "ensemble,groups,assign",
+            ]
+        )
+        == 0
+    )
     assert "--stages assign is deprecated" in caplog.text

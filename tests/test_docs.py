@@ -56,9 +56,14 @@ def test_every_documented_command_runs(tmp_path, monkeypatch):
                 "chain" if block[0].startswith("rcic synth") else f"{Path(page).stem}-{k}"
             )
             here.mkdir(exist_ok=True)
-            where = {"RUN_OR_DEMO_DIR": here / "run", "DATA": tmp_path / "data",
-                     "STORE": tmp_path / "store", "CELLS": here / "cells",
-                     "ALIGNED": here / "aligned", "RUN": here / "run"}  # fmt: skip
+            where = {
+                "RUN_OR_DEMO_DIR": here / "run",
+                "DATA": tmp_path / "data",
+                "STORE": tmp_path / "store",
+                "CELLS": here / "cells",
+                "ALIGNED": here / "aligned",
+                "RUN": here / "run",
+            }
             for line in block:
                 args = _fill(line, where)
                 if tuple(args) in done:

@@ -83,10 +83,22 @@ def test_prepare_killed_then_rerun_gives_the_same_store(tiny_screen, tiny_store,
 
 def _train_argv(screen, store, out) -> list:
     return [
-        "train", "--data", screen, "--store", store, "--out", out, "epochs=3", "batch_size=32",
-        "embedding_dim=32", "deterministic=true", "warmup_epochs=0.2", "folds=4", "fold=0",
+        "train",
+        "--data",
+        screen,
+        "--store",
+        store,
+        "--out",
+        out,
+        "epochs=3",
+        "batch_size=32",
+        "embedding_dim=32",
+        "deterministic=true",
+        "warmup_epochs=0.2",
+        "folds=4",
+        "fold=0",
         "backbone=resnet10t",  # the smallest ResNet: what is tested is the resume, not the model
-    ]  # fmt: skip
+    ]
 
 
 def test_train_killed_then_resumed_equals_uninterrupted(tiny_screen, tiny_store, tmp_path):

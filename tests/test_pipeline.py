@@ -66,8 +66,21 @@ def test_plate_stages_keep_accuracy_and_one_sirna_per_plate(
         cli.main(["predict", *common, "--split", "test", "--out", str(test_npz)])
     sub = tmp_path / "submission.csv"
     labels = str(tiny_screen / "test_labels.csv")
-    args = ["submit", "--logits", str(test_npz), "--data", str(tiny_screen), "--out", str(sub),
-            "--labels", labels, "--well-method", "assign", "--calibrate", "off"]  # fmt: skip
+    args = [
+        "submit",
+        "--logits",
+        str(test_npz),
+        "--data",
+        str(tiny_screen),
+        "--out",
+        str(sub),
+        "--labels",
+        labels,
+        "--well-method",
+        "assign",
+        "--calibrate",
+        "off",
+    ]
     assert cli.main(args) == 0
     stages = json.loads((tmp_path / "stages.json").read_text())["stages"]
     acc = {k: v["overall"] for k, v in stages.items()}
@@ -75,8 +88,14 @@ def test_plate_stages_keep_accuracy_and_one_sirna_per_plate(
     # group was chosen right, the group stage keeps every well the model alone got right (the
     # true siRNA is in that group, so the best answer within it is the same); a wrong group may
     # cost all of a plate's wells, so no order of the overall figures is asserted.
-    res = submit.run_submit([test_npz], tiny_screen, tmp_path / "again.csv", labels=labels,
-                            well_method="assign", calibrate="off")  # fmt: skip
+    res = submit.run_submit(
+        [test_npz],
+        tiny_screen,
+        tmp_path / "again.csv",
+        labels=labels,
+        well_method="assign",
+        calibrate="off",
+    )
     truth = pd.read_csv(labels).set_index("id_code").loc[res.submission["id_code"], "sirna"]
     well_plate = res.submission["id_code"].str.rsplit("_", n=1).str[0].to_numpy()
     groups = res.groups.assign(key=res.groups.experiment + "_" + res.groups.plate.astype(str))

@@ -428,9 +428,12 @@ def test_group_log_probs_match_an_exact_log_sum_exp(scale):
     lp = plates.log_softmax(z)
     zz = lp.astype(np.float64)
     exact = np.stack(
-        [np.log(np.exp(zz[:, g] - zz[:, g].max(1, keepdims=True)).sum(1)) + zz[:, g].max(1)
-         for g in groups], axis=1,
-    )  # fmt: skip
+        [
+            np.log(np.exp(zz[:, g] - zz[:, g].max(1, keepdims=True)).sum(1)) + zz[:, g].max(1)
+            for g in groups
+        ],
+        axis=1,
+    )
     got = plates.group_log_probs(lp, pg)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, exact, atol=1e-4 * max(1.0, scale))

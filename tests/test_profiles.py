@@ -56,8 +56,15 @@ def feature_profiles(tiny_screen, tiny_store, tmp_path_factory):
     argv = ["features", "--data", str(tiny_screen), "--store", str(tiny_store), "--out", str(table)]
     assert cli.main(argv) == 0
     out = work / "standardize"
-    argv = ["profiles", "--table", str(table), "--truth", str(tiny_screen / "synth.json"),
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "profiles",
+        "--table",
+        str(table),
+        "--truth",
+        str(tiny_screen / "synth.json"),
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     return table, out
 
@@ -81,23 +88,29 @@ def test_a_users_notebook_gets_the_numbers_rcic_reports(feature_profiles):
     assert prov["command"] == "rcic features" and prov["correction"] == "standardize"
     # the correction: pycytominer's standardize on each experiment's negative controls
     by_hand = pd.concat(
-        normalize(part, features=feats, meta_features=meta,
-                  samples="Metadata_pert_type == 'negcon'")
+        normalize(
+            part, features=feats, meta_features=meta, samples="Metadata_pert_type == 'negcon'"
+        )
         for _, part in raw.groupby("Metadata_Batch", sort=False)
-    ).loc[raw.index]  # fmt: skip
+    ).loc[raw.index]
     np.testing.assert_allclose(wells[feats], by_hand[feats], rtol=1e-4, atol=1e-4)
     # the activity figure: copairs with the parameters metrics.json records
     metrics = json.loads((out / "metrics.json").read_text())
     p = metrics["copairs_activity"]
-    labelled = wells[wells["Metadata_pert_type"].isin(["trt", "negcon"])
-                     & (wells["Metadata_sirna"] != "")].reset_index(drop=True)  # fmt: skip
-    labelled = assign_reference_index(labelled, "Metadata_pert_type == 'negcon'",
-                                      reference_col="Metadata_reference_index")  # fmt: skip
+    labelled = wells[
+        wells["Metadata_pert_type"].isin(["trt", "negcon"]) & (wells["Metadata_sirna"] != "")
+    ].reset_index(drop=True)
+    labelled = assign_reference_index(
+        labelled, "Metadata_pert_type == 'negcon'", reference_col="Metadata_reference_index"
+    )
     ap = average_precision(
         labelled[[c for c in labelled.columns if c.startswith("Metadata_")]],
         labelled[feats].to_numpy(np.float64),
-        p["pos_sameby"], p["pos_diffby"], p["neg_sameby"], p["neg_diffby"],
-    )  # fmt: skip
+        p["pos_sameby"],
+        p["pos_diffby"],
+        p["neg_sameby"],
+        p["neg_diffby"],
+    )
     ap = ap[ap["Metadata_pert_type"] == "trt"]
     maps = mean_average_precision(ap, p["map_sameby"], p["null_size"], p["threshold"], p["seed"])
     assert metrics["activity"]["mAP"] == pytest.approx(maps["mean_average_precision"].mean())
@@ -122,8 +135,9 @@ def test_synthetic_truth_drives_consistency_recall_and_spearman(feature_profiles
     # consensus profiles equal to the true phenotypes correlate perfectly with them
     pathways, truth = profiles.synthetic_truth(tiny_screen / "synth.json")
     ids = np.array(sorted(pathways)[:12])
-    cons = pd.DataFrame({"Metadata_CellType": "RPE", "Metadata_pert_type": "trt",
-                         "Metadata_sirna_id": ids})  # fmt: skip
+    cons = pd.DataFrame(
+        {"Metadata_CellType": "RPE", "Metadata_pert_type": "trt", "Metadata_sirna_id": ids}
+    )
     cons = profiles.make_table(cons, truth["RPE"][ids] * 3.0)
     rho = profile_metrics.true_vs_measured(cons, truth)
     assert rho == {"RPE": pytest.approx(1.0)}
@@ -140,8 +154,17 @@ def test_importing_pycytominer_leaves_other_commands_unchanged(tiny_screen, tmp_
     outs = []
     for k, pre in enumerate(("", "import pycytominer; ")):
         sub = tmp_path / str(k) / "submission.csv"
-        argv = ["submit", "--logits", str(logits), "--data", str(tiny_screen), "--out",
-                str(sub), "--labels", str(tiny_screen / "test_labels.csv")]  # fmt: skip
+        argv = [
+            "submit",
+            "--logits",
+            str(logits),
+            "--data",
+            str(tiny_screen),
+            "--out",
+            str(sub),
+            "--labels",
+            str(tiny_screen / "test_labels.csv"),
+        ]
         code = f"{pre}import sys; from rcic import cli; sys.exit(cli.main({argv!r}))"
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
         stages = json.loads((sub.parent / "stages.json").read_text())

@@ -190,35 +190,60 @@ def pack_cells(
     tmp.rename(out)
     found = int((index["state"] == PACKED).sum())
     sites = int(st.packed.sum())
-    log.info("cut %d cells from %d sites (%.1f per site) into %s", found, sites,
-             found / max(1, sites), out)  # fmt: skip
+    log.info(
+        "cut %d cells from %d sites (%.1f per site) into %s",
+        found,
+        sites,
+        found / max(1, sites),
+        out,
+    )
     return index
 
 
 def _cut(st: SiteStore, tmp: Path, finder: CellFinder, progress: bool) -> pd.DataFrame:
     """Find and crop every site's cells into the folder `tmp`; the cell store's index."""
-    stats = st.plate_stats("all")
-    packed = st.packed
+    stats, packed = st.plate_stats("all"), st.packed
     writer = _CropWriter(tmp, finder.crop)
     rows = []
-    for i, site in tqdm(
-        st.index.iterrows(), total=len(st.index), desc="finding cells", unit="site",
+    sites = tqdm(
+        st.index.iterrows(),
+        total=len(st.index),
+        desc="finding cells",
+        unit="site",
         disable=not progress,
-    ):  # fmt: skip
+    )
+    for i, site in sites:
         if not packed[i]:  # an unreadable site stays listed, as in its store
-            rows.append({**site.to_dict(), "cell": 0, "y": -1, "x": -1, "angle": 0.0,
-                         "mirrored": False, "state": FAILED})  # fmt: skip
+            rows.append(_cell_row(site, 0, (-1, -1), (0.0, False), FAILED))
             writer.add(np.zeros((1, len(layout.CHANNELS), finder.crop, finder.crop), np.uint8))
             continue
-        image = st.read(site["idx"])
-        centres, crops, turns = _site_cells(image, site, stats, finder)
+        centres, crops, turns = _site_cells(st.read(site["idx"]), site, stats, finder)
         writer.add(crops)
-        for k, ((y, x), (angle, mirrored)) in enumerate(zip(centres, turns, strict=True)):
-            rows.append({**site.to_dict(), "cell": k, "y": int(y), "x": int(x),
-                         "angle": round(angle, 1), "mirrored": mirrored, "state": PACKED})  # fmt: skip
+        for k, (centre, turn) in enumerate(zip(centres, turns, strict=True)):
+            rows.append(_cell_row(site, k, centre, turn, PACKED))
     writer.close()
     index = pd.DataFrame(rows).drop(columns="idx").reset_index(drop=True)
     index = index.rename_axis("idx").reset_index()
+    _write_index(tmp, st, finder, index)
+    return index
+
+
+def _cell_row(site, k: int, centre, turn, state: int) -> dict:
+    """The index row of cell `k` of `site`: its centre (y, x), its turn (angle, mirrored)."""
+    (y, x), (angle, mirrored) = centre, turn
+    return {
+        **site.to_dict(),
+        "cell": k,
+        "y": int(y),
+        "x": int(x),
+        "angle": round(angle, 1),
+        "mirrored": mirrored,
+        "state": state,
+    }
+
+
+def _write_index(tmp: Path, st: SiteStore, finder: CellFinder, index: pd.DataFrame) -> None:
+    """The cell store's records beside its crops: states, index, statistics, store.json."""
     state = index["state"].to_numpy(np.uint8)
     group = zarr.open_group(tmp / "sites.zarr", mode="a")
     group.create_array(
@@ -226,7 +251,6 @@ def _cut(st: SiteStore, tmp: Path, finder: CellFinder, progress: bool) -> pd.Dat
     )[:] = state
     atomic_csv(index.drop(columns="state"), tmp / "index.csv")
     atomic_csv(st.stats, tmp / "stats.csv")  # a cell is normalised as its site was
-    found = index[index["state"] == PACKED]
     meta = {
         "kind": "cells",
         "size": finder.crop,
@@ -234,12 +258,11 @@ def _cut(st: SiteStore, tmp: Path, finder: CellFinder, progress: bool) -> pd.Dat
         "source": str(st.path),
         "finder": finder.__dict__,
         "views": list(ALIGN_VIEWS[finder.align]),
-        "cells": int(len(found)),
-        "sites": int(packed.sum()),
+        "cells": int((index["state"] == PACKED).sum()),
+        "sites": int(st.packed.sum()),
         "complete": True,
     }
     atomic_text(tmp / "store.json", json.dumps(meta, indent=1))
-    return index
 
 
 def _site_cells(image: np.ndarray, site, stats, finder: CellFinder):

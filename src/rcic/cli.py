@@ -419,9 +419,13 @@ def _add_submit(sub) -> None:
         "With --labels, print accuracy after each stage.",
     )
     p.add_argument(
-        "--logits", type=Path, nargs="+", action="extend", required=True,
+        "--logits",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
         help="logits files (.npz); repeat the flag or list several",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--weights", type=float, nargs="+", action="extend", help="one weight per logits file"
     )
@@ -723,14 +727,19 @@ def _add_profiles(sub) -> None:
         "measured cosines per cell type.",
     )
     p.add_argument(
-        "--table", type=Path, nargs="+", action="extend", required=True,
+        "--table",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
         help="profile tables (.parquet) of one model or feature set; repeat or list several",
-    )  # fmt: skip
+    )
     p.add_argument("--correction", choices=CORRECTIONS, default="standardize")
     p.add_argument(
-        "--epsilon", default="auto",
+        "--epsilon",
+        default="auto",
         help="spherize regulariser, or auto: the best activity mAP on the train split's wells",
-    )  # fmt: skip
+    )
     p.add_argument("--relationships", type=Path, help="CSV entity1,entity2 of known pairs")
     p.add_argument("--truth", type=Path, help="synth.json of a synthetic screen (pathways)")
     p.add_argument(
@@ -744,8 +753,15 @@ def cmd_profiles(args) -> int:
     from rcic import profiles
 
     epsilon = args.epsilon if args.epsilon == "auto" else _float(args.epsilon, "--epsilon")
-    m = profiles.run_profiles(args.table, args.out, args.correction, epsilon, args.relationships,
-                              args.truth, args.evaluate)  # fmt: skip
+    m = profiles.run_profiles(
+        args.table,
+        args.out,
+        args.correction,
+        epsilon,
+        args.relationships,
+        args.truth,
+        args.evaluate,
+    )
     a = m["activity"]
     print(f"wrote {args.out}: activity mAP {a['mAP']:.3f}, retrieved {a['fraction_retrieved']:.3f}")
     for key in ("consistency", "relationship_recall"):
@@ -917,9 +933,12 @@ def _add_pseudo(sub) -> None:
     _add_run_data_store(p, help_run="trained run to start from")
     p.add_argument("--out", type=Path, required=True, help="folder for the rounds")
     p.add_argument(
-        "--fractions", type=float, nargs="+", action="extend",
+        "--fractions",
+        type=float,
+        nargs="+",
+        action="extend",
         help="fraction of each plate's wells kept per round (default: 0.3 0.6 0.9)",
-    )  # fmt: skip
+    )
     p.add_argument("--epochs", type=int, help="fine-tuning epochs per round (default: the run's)")
     p.add_argument(
         "--labels", type=Path, help="hidden test labels, to report pseudo-label accuracy"

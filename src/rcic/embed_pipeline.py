@@ -125,23 +125,16 @@ def embed_run(
     """
     from rcic.predict import predict_split
 
-    pr = predict_split(
-        run, sites, store, split, checkpoint, device, treatments_only=False, views=views,
-        batch_size=batch_size, embeddings=True, progress=progress, threads=threads,
-    )  # fmt: skip
+    kw = {"views": views, "batch_size": batch_size, "progress": progress, "threads": threads}
+    args = (run, sites, store, split, checkpoint, device)
+    pr = predict_split(*args, treatments_only=False, embeddings=True, **kw)
     res = pr.res
     wells = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"]]
     oof = ~np.isin(res["id_code"], _trained_on(sites, pr.st, pr.cfg, pr.held_out))
     source = str(Path(run).resolve())
     if str(out).endswith(".parquet"):
-        from rcic import __version__, profiles
-
-        meta = profiles.metadata_frame(wells.reset_index(), "rcic", oof, res["n_sites"])
-        provenance = {"command": "rcic embed", "run": source, "checkpoint": checkpoint,
-                      "views": views, "split": split, "correction": "none", "level": "well",
-                      "rcic_version": __version__}  # fmt: skip
-        table = profiles.make_table(meta, res["embedding"])
-        return profiles.write_table(table, out, provenance)
+        how = {"run": source, "checkpoint": checkpoint, "views": views, "split": split}
+        return _profile_table(out, wells, oof, res, how)
     return write_logits(
         out,
         res.pop("id_code"),
@@ -153,6 +146,22 @@ def embed_run(
         views=views,
         **res,
     )
+
+
+def _profile_table(out, wells: pd.DataFrame, oof: np.ndarray, res: dict, how: dict) -> Path:
+    """The raw well profiles as a profile table (`rcic.profiles`) at `out`; `how`: the run,
+    checkpoint, views and split that made them."""
+    from rcic import __version__, profiles
+
+    meta = profiles.metadata_frame(wells.reset_index(), "rcic", oof, res["n_sites"])
+    provenance = {
+        "command": "rcic embed",
+        **how,
+        "correction": "none",
+        "level": "well",
+        "rcic_version": __version__,
+    }
+    return profiles.write_table(profiles.make_table(meta, res["embedding"]), out, provenance)
 
 
 def _trained_on(sites: pd.DataFrame, st, cfg, held_out) -> list[str]:

@@ -164,9 +164,19 @@ def predict_run(
     otherwise `temperature` (for example from a fold's file) is stored if given.
     """
     res = predict_split(
-        run, sites, store, split, checkpoint, device, treatments_only=True, views=views,
-        combine=combine, batch_size=batch_size, progress=progress, threads=threads,
-    ).res  # fmt: skip
+        run,
+        sites,
+        store,
+        split,
+        checkpoint,
+        device,
+        treatments_only=True,
+        views=views,
+        combine=combine,
+        batch_size=batch_size,
+        progress=progress,
+        threads=threads,
+    ).res
     if split not in ("test", "train") and temperature is None:
         temperature = fit_temperature(res["logits"], res["sirna"])
         log.info("fitted temperature %.3f on %d held-out wells", temperature, len(res["id_code"]))

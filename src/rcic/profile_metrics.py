@@ -136,8 +136,9 @@ def activity(
     ap = _average_precision(frame, feats, params, "no siRNA has two wells of one cell type")
     ap = ap[ap["Metadata_pert_type"] == "trt"]
     table = _quiet_map(ap, group, seed)
-    params.update(map_sameby=group, null_size=NULL_SIZE,
-                  threshold=THRESHOLD, seed=seed, distance="cosine")  # fmt: skip
+    params.update(
+        map_sameby=group, null_size=NULL_SIZE, threshold=THRESHOLD, seed=seed, distance="cosine"
+    )
     return table, params
 
 
@@ -157,8 +158,13 @@ def consistency(consensus: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, d
     }
     ap = _average_precision(frame, feats, params, "no pathway has two siRNAs of one cell type")
     table = _quiet_map(ap, ["Metadata_pathway", "Metadata_CellType"], seed)
-    params.update(map_sameby=["Metadata_pathway", "Metadata_CellType"], null_size=NULL_SIZE,
-                  threshold=THRESHOLD, seed=seed, distance="cosine")  # fmt: skip
+    params.update(
+        map_sameby=["Metadata_pathway", "Metadata_CellType"],
+        null_size=NULL_SIZE,
+        threshold=THRESHOLD,
+        seed=seed,
+        distance="cosine",
+    )
     return table, params
 
 

@@ -202,12 +202,16 @@ def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataF
 def embed_metadata(frame: pd.DataFrame) -> pd.DataFrame:
     """The per-well columns `rcic.embed`'s corrections read (experiment, plate, well_type, sirna),
     from a profile table's ``Metadata_*`` ones."""
-    return pd.DataFrame({
-        "experiment": frame["Metadata_Batch"].to_numpy(),
-        "plate": frame["Metadata_Plate"].to_numpy(),
-        "well_type": frame["Metadata_pert_type"].map({v: k for k, v in PERT_TYPE.items()}).to_numpy(),
-        "sirna": frame["Metadata_sirna_id"].to_numpy(),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "experiment": frame["Metadata_Batch"].to_numpy(),
+            "plate": frame["Metadata_Plate"].to_numpy(),
+            "well_type": frame["Metadata_pert_type"]
+            .map({v: k for k, v in PERT_TYPE.items()})
+            .to_numpy(),
+            "sirna": frame["Metadata_sirna_id"].to_numpy(),
+        }
+    )
 
 
 def _tvn(frame: pd.DataFrame) -> pd.DataFrame:
@@ -223,9 +227,16 @@ def _whiten(frame: pd.DataFrame, meta, feats, method: str, epsilon: float) -> pd
     the features' names, PCA's components are named ``pc_0000...``."""
     live = [c for c in feats if frame[c].std() > 0]
     try:
-        res = _quiet(_pycytominer().normalize, frame[meta + live], features=live,
-                     meta_features=meta, samples="all", method="spherize",
-                     spherize_method=WHITENING[method], spherize_epsilon=epsilon)  # fmt: skip
+        res = _quiet(
+            _pycytominer().normalize,
+            frame[meta + live],
+            features=live,
+            meta_features=meta,
+            samples="all",
+            method="spherize",
+            spherize_method=WHITENING[method],
+            spherize_epsilon=epsilon,
+        )
     except ValueError as e:  # pycytominer refuses a rank-deficient matrix
         raise InputError(
             f"{method}: pycytominer cannot whiten these {len(live)} features ({e}); with "
@@ -254,8 +265,11 @@ def consensus(frame: pd.DataFrame, pathways: dict[int, int] | None = None) -> pd
         parts.append(n.merge(med, on=keys))
     out = pd.concat(parts, ignore_index=True).copy()
     if pathways is not None:
-        out.insert(len(keys) + 1, "Metadata_pathway",
-                   [str(pathways.get(int(s), "")) for s in out["Metadata_sirna_id"]])  # fmt: skip
+        out.insert(
+            len(keys) + 1,
+            "Metadata_pathway",
+            [str(pathways.get(int(s), "")) for s in out["Metadata_sirna_id"]],
+        )
         out.loc[out["Metadata_pathway"] == "-1", "Metadata_pathway"] = ""
     out[feats] = out[feats].astype(np.float32)
     return out
@@ -348,15 +362,18 @@ def run_profiles(
     ``metrics.json`` into `out`, and return the metrics. `evaluate`: the split whose labelled wells
     the consensus and metrics use (``all``: every labelled well); a spherize epsilon of ``auto`` is
     chosen on the ``train`` split's wells."""
-    from rcic import profile_metrics as pm
-
     frame, provenance = load_tables([Path(t) for t in tables])
     chosen = {}
     if correction in WHITENING and epsilon == "auto":
         epsilon, chosen = choose_epsilon(frame, method=correction)
     wells = correct(frame, correction, float(epsilon if epsilon != "auto" else 1e-2))
-    setup = {"correction": correction, "epsilon": epsilon if correction in WHITENING else None,
-             "epsilon_scores": chosen, "evaluate": evaluate, "inputs": [str(t) for t in tables]}  # fmt: skip
+    setup = {
+        "correction": correction,
+        "epsilon": epsilon if correction in WHITENING else None,
+        "epsilon_scores": chosen,
+        "evaluate": evaluate,
+        "inputs": [str(t) for t in tables],
+    }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_table(wells, out / "wells.parquet", {**provenance, **setup, "level": "well"})
@@ -364,8 +381,23 @@ def run_profiles(
     part = wells if evaluate == "all" else wells[wells["Metadata_split"] == evaluate]
     cons = consensus(part, pathways)
     write_table(cons, out / "consensus.parquet", {**provenance, **setup, "level": "consensus"})
+    scores, act = _scores(part, cons, (pathways, true), relationships, seed)
+    metrics = {**setup, **scores}
+    with atomic_path(out / "metrics.json", ".tmp.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1, default=float))
+    atomic_csv(act, out / "activity.csv")
+    return metrics
+
+
+def _scores(part: pd.DataFrame, cons: pd.DataFrame, truth, relationships, seed: int):
+    """(metrics, per-profile activity table): copairs' activity mAP of the wells `part`; with the generator's `truth` (pathways, true
+    strengths) the consistency mAP of the consensus and how it ranks the true strengths; the
+    relationship recall of `relationships` (or of the pathways)."""
+    from rcic import profile_metrics as pm
+
+    pathways, true = truth
     act, act_params = pm.activity(part, seed)
-    metrics = {**setup, "activity": pm.summarise(act), "copairs_activity": act_params}
+    metrics = {"activity": pm.summarise(act), "copairs_activity": act_params}
     if pathways is not None:
         con, con_params = pm.consistency(cons[cons["Metadata_CellType"] != "all"], seed)
         metrics.update(consistency=pm.summarise(con), copairs_consistency=con_params)
@@ -377,7 +409,4 @@ def run_profiles(
     if pairs is not None:
         profiles = pooled.set_index("Metadata_sirna")[feature_columns(pooled)]
         metrics["relationship_recall"] = pm.relationship_recall(profiles, pairs)
-    with atomic_path(out / "metrics.json", ".tmp.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1, default=float))
-    atomic_csv(act, out / "activity.csv")
-    return metrics
+    return metrics, act

@@ -66,9 +66,14 @@ def pseudo_rounds(
 def _pseudo_labels(current, sites, data, store, out, k, fraction, labels) -> tuple[Path, dict]:
     """Predict the test wells with `current`, assign them per plate, keep the surest `fraction`."""
     logits = predict.predict_run(
-        current.root, sites, store, "test", out / f"round{k}-test.npz", checkpoint="last",
+        current.root,
+        sites,
+        store,
+        "test",
+        out / f"round{k}-test.npz",
+        checkpoint="last",
         progress=False,
-    )  # fmt: skip
+    )
     pseudo_csv = out / f"round{k}-pseudo.csv"
     submit.run_submit(
         [logits],

@@ -86,8 +86,10 @@ def split_sites(
     if fold != cfg.fold:
         log.warning(
             "split %d: the run held out fold %d; fold %d's experiments were training data",
-            fold, cfg.fold, fold,
-        )  # fmt: skip
+            fold,
+            cfg.fold,
+            fold,
+        )
     if not exps:
         raise InputError(
             f"split {split}: fold {fold} holds no experiments (the run has {cfg.folds} folds)"

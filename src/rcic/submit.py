@@ -149,9 +149,16 @@ def make_submission(
         lp, test, pg, options.calibrate, options.group_method, stored=stored_temperature
     )
     post = postprocess(
-        lp, exps, plates, pg, options.group_method, options.well_method, options.stages,
-        options.sharpen, marginals=options.marginals,
-    )  # fmt: skip
+        lp,
+        exps,
+        plates,
+        pg,
+        options.group_method,
+        options.well_method,
+        options.stages,
+        options.sharpen,
+        marginals=options.marginals,
+    )
     post.stages["ensemble"] = raw_argmax  # the models' own answer, before any plate stage
     final = post.stages[[s for s in STAGES if s in post.stages][-1]]
     submission = pd.DataFrame({"id_code": test["id_code"].to_numpy(), "sirna": final.astype(int)})
