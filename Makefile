@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/rcic demo --out demo-run
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
