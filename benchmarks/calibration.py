@@ -14,7 +14,9 @@ import time
 
 import numpy as np
 
-from rcic import layout, plates, rules
+from rcic import layout
+from rcic.data import rules
+from rcic.plates import postprocess as plates
 
 
 def simulate(signal: float, scale: float, seed: int, m: int = 277, n: int = 272):

@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 from recipes import ALIGN, CROP, _print_row, n_samples, train_and_score
 
-from rcic import cells, config, metadata, packing, synth
-from rcic.store import SiteStore
+from rcic.data import cells, metadata, packing
+from rcic.data.store import SiteStore
+from rcic.synthetic import synth
+from rcic.training import config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

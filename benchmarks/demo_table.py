@@ -40,7 +40,8 @@ def main() -> None:
     )
     from synth_difficulty import baseline_table, fold0_experiments
 
-    from rcic import metadata, synth
+    from rcic.data import metadata
+    from rcic.synthetic import synth
 
     data = args.out / "data"
     sites = metadata.load_metadata(data)

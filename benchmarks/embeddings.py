@@ -14,7 +14,10 @@ import json
 import logging
 from pathlib import Path
 
-from rcic import embed_pipeline, metadata, submit
+from rcic.data import metadata
+from rcic.inference import embed as embed_pipeline
+from rcic.plates import submit
+from rcic.profiling import embed_head
 
 CORRECTIONS = [
     ["none"],
@@ -59,7 +62,7 @@ def main() -> None:
         for steps in CORRECTIONS:
             name = f"{head} on {'+'.join(steps)}"
             out = work / f"{head}-{'+'.join(steps)}.npz"
-            cv = embed_pipeline.fit_apply(
+            cv = embed_head.fit_apply(
                 work / "fold.npz", work / "test.npz", out, steps, "plate", head
             )["cv_accuracy"]
             rows[name] = stages([out], data, work / "head.csv")

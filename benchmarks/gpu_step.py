@@ -22,12 +22,12 @@ import time
 import numpy as np
 import torch
 
-from rcic import config
-from rcic.data import BatchTransform, SiteDataset, collate_batch
-from rcic.models import build_model, compute_loss
-from rcic.precision import autocast
-from rcic.store import SiteStore
-from rcic.tta import resolve_device
+from rcic.data.store import SiteStore
+from rcic.training import config
+from rcic.training.batches import BatchTransform, SiteDataset, collate_batch
+from rcic.training.infer import resolve_device
+from rcic.training.models import build_model, compute_loss
+from rcic.training.precision import autocast
 
 
 def _sync(dev: torch.device) -> None:

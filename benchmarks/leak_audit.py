@@ -3,7 +3,7 @@ dimension moves the 42 image statistics of a well, and what the audit can and ca
 
 Usage: python benchmarks/leak_audit.py [--seeds 0 5 101] [--experiments 3] [--preset demo]
 
-For each generator seed, `rcic.baselines.leak_audit` on all four cell types and the first plate
+For each generator seed, `rcic.synthetic.baselines.leak_audit` on all four cell types and the first plate
 of `--experiments` experiments each (the experiment's phenotype scale included): per dimension
 the largest raw shift (in well-to-well sd), the largest upper bound (shift + 2 se: what the audit
 cannot rule out) and the largest lower bound (shift - 2 se: what it shows), each the maximum over
@@ -17,7 +17,7 @@ import time
 
 import pandas as pd
 
-from rcic import baselines, synth
+from rcic.synthetic import baselines, synth
 
 COLUMNS = ("max_shift", "upper", "bound")
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from synth_difficulty import CONFIGS, baseline_table, cnn_row, fold0_experiments, screen
 
-from rcic import config, synth
+from rcic.synthetic import synth
+from rcic.training import config
 
 STAGES = ("ensemble", "groups", "wells")
 

@@ -19,9 +19,10 @@ import time
 
 import torch
 
-from rcic import demo, train
-from rcic.models import build_model, compute_loss
-from rcic.precision import autocast
+from rcic import demo
+from rcic.training import optim
+from rcic.training.models import build_model, compute_loss
+from rcic.training.precision import autocast
 
 
 def _batch(cfg, size: int = 64):
@@ -44,7 +45,7 @@ def _backward(model, cfg, x, y, ct, amp: bool = True) -> None:
 
 
 def _optimizer(model, cfg, kind: str):
-    opt = train.make_optimizer(model, cfg)
+    opt = optim.make_optimizer(model, cfg)
     for group in opt.param_groups:  # the implementation under test, whatever rcic's default
         group["fused"], group["foreach"] = kind == "fused", kind == "foreach"
     return opt

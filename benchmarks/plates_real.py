@@ -38,9 +38,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rcic import layout, metadata, plates, rules
-from rcic.plates import calibrate_plates
-from rcic.submit import SubmitOptions, make_submission
+from rcic import layout
+from rcic.data import metadata, rules
+from rcic.inference import calibration
+from rcic.plates import postprocess as plates
+from rcic.plates.postprocess import calibrate_plates
+from rcic.plates.submit import SubmitOptions, make_submission
 
 SIGNALS = (1.0, 2.0, 3.0, 4.0, 5.0)
 BIASES = (0.0, 0.7)
@@ -78,7 +81,7 @@ def one_cell(test, pg, signal, bias, condition, seed) -> list[dict]:
     """Every method on one draw of logits: rows of (method, accuracy)."""
     rng = np.random.default_rng(seed)
     z = simulate(test, signal, bias, rng)
-    right = plates.fit_temperature(simulate(test, signal, bias, rng), test.sirna.to_numpy())
+    right = calibration.fit_temperature(simulate(test, signal, bias, rng), test.sirna.to_numpy())
     t = stored_temperature(condition, right)
     lp = plates.treatment_log_probs(z, t or 1.0)
     key = {"signal": signal, "bias": bias, "temperature": condition, "seed": seed}

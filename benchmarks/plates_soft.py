@@ -10,7 +10,7 @@ choice). ``marginal`` cannot lose that way when the probabilities are calibrated
 order posterior it keeps each well's own answer.
 
 Plate maps.
-  demo   the demo preset's plate maps (rcic.synth.make_layout, all 20 experiments of a screen as
+  demo   the demo preset's plate maps (rcic.synthetic.synth.make_layout, all 20 experiments of a screen as
          test wells, groups from its training experiments). TUNE: screens of layout seeds 101-103;
          REPORT: seeds 201-203 (disjoint plate maps).
   rxrx1  the real plate maps of ../shared/rxrx1 (skipped when absent): the held-out TUNE and REPORT
@@ -34,8 +34,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rcic import layout, metadata, plates, rules, synth
-from rcic.submit import SubmitOptions, make_submission
+from rcic import layout
+from rcic.data import metadata, rules
+from rcic.inference import calibration
+from rcic.plates import postprocess as plates
+from rcic.plates.submit import SubmitOptions, make_submission
+from rcic.synthetic import synth
 
 METHODS = ("loglik", "marginal")
 SIGNALS = {"demo": (0.5, 1.0, 1.5, 2.0, 3.0), "rxrx1": (1.0, 2.0, 3.0)}
@@ -80,7 +84,7 @@ def rxrx1_sets(shared: Path) -> dict[str, list]:
 def one_draw(test, pg, used, signal, seed) -> list[dict]:
     rng = np.random.default_rng(seed)
     z = simulate(test, signal, used, rng)
-    right = plates.fit_temperature(simulate(test, signal, used, rng), test.sirna.to_numpy())
+    right = calibration.fit_temperature(simulate(test, signal, used, rng), test.sirna.to_numpy())
     lp = plates.treatment_log_probs(z, right)
     truth = test.sirna.to_numpy()
     rows = []

@@ -20,7 +20,7 @@ import pandas as pd
 from _measure import timed
 
 from rcic import layout
-from rcic.logitsfile import write_logits
+from rcic.inference.logitsfile import write_logits
 
 HERE = Path(__file__).resolve().parent
 

@@ -43,21 +43,16 @@ from pathlib import Path
 
 import numpy as np
 
-from rcic import (
-    __version__,
-    config,
-    embed,
-    embed_pipeline,
-    features_head,
-    features_pipeline,
-    metadata,
-    packing,
-    profile_metrics,
-    profiles,
-    synth,
-    train,
-)
+from rcic import __version__
+from rcic.data import metadata, packing, tables
 from rcic.errors import InputError
+from rcic.inference import embed as embed_pipeline
+from rcic.profiling import corrections as embed
+from rcic.profiling import features as features_pipeline
+from rcic.profiling import features_head, profiles
+from rcic.profiling import metrics as profile_metrics
+from rcic.synthetic import synth
+from rcic.training import config, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SCREEN = replace(synth.PRESETS["demo"], name="demo-2test", test_experiments=(2, 2, 2, 2))
@@ -80,23 +75,23 @@ def figures(m: dict) -> dict:
 
 
 def own_correction(tables: list[Path], steps: str, out: Path) -> Path:
-    """The wells of `tables` corrected by rcic.embed's `steps` (``+``-joined, per experiment, or
+    """The wells of `tables` corrected by rcic.profiling.corrections's `steps` (``+``-joined, per experiment, or
     per plate with the suffix `` per plate``), as one table."""
     level = "plate" if steps.endswith(" per plate") else "experiment"
     frame, provenance = profiles.load_tables(tables)
-    feats = profiles.feature_columns(frame)
+    feats = tables.feature_columns(frame)
     meta = profiles.embed_metadata(frame)
     values = embed.correct(
         frame[feats].to_numpy(np.float64), meta, steps.split(" ")[0].split("+"), level
     )
-    table = profiles.make_table(frame[profiles.metadata_columns(frame)], values, feats)
+    table = tables.make_table(frame[tables.metadata_columns(frame)], values, feats)
     out.mkdir(parents=True, exist_ok=True)
-    return profiles.write_table(table, out / "input.parquet", {**provenance, "correction": steps})
+    return tables.write_table(table, out / "input.parquet", {**provenance, "correction": steps})
 
 
 def val_map(wells_path: Path) -> float:
     """Activity mAP on the corrected training-split wells, each siRNA's cell types together."""
-    wells, _ = profiles.read_table(wells_path)
+    wells, _ = tables.read_table(wells_path)
     return profile_metrics.pooled_activity_map(wells[wells["Metadata_split"] == "train"])
 
 
@@ -122,7 +117,7 @@ def score(tables: list[Path], out: Path, truth: Path) -> dict[str, dict]:
 def feature_table(st: Path, labelled, out: Path) -> Path:
     if not out.exists():
         table = profiles.features_table(st, labelled)
-        profiles.write_table(
+        tables.write_table(
             table, out, {"command": "benchmarks/profiles.py features", "rcic_version": __version__}
         )
     return out
@@ -135,13 +130,13 @@ def cellprofiler_tables(st: Path, labelled, work: Path) -> dict[str, Path]:
     prov = {"command": "benchmarks/profiles.py cellprofiler", "rcic_version": __version__}
     if not out.exists():
         table = features_pipeline.cellprofiler_table(st, labelled, out, workers=2)
-        profiles.write_table(table, out, prov)
+        tables.write_table(table, out, prov)
         features_pipeline.remove_parts(out)
     if not chosen.exists():
-        table, _ = profiles.read_table(out)
-        kept = set(features_head.selected_columns(table, profiles.feature_columns(table)))
+        table, _ = tables.read_table(out)
+        kept = set(features_head.selected_columns(table, tables.feature_columns(table)))
         keep = [c for c in table.columns if c.startswith("Metadata_") or c in kept]
-        profiles.write_table(
+        tables.write_table(
             table[keep], chosen, {**prov, "selection": list(features_head.SELECTION)}
         )
     return {"CellProfiler": out, "CellProfiler, selected": chosen}

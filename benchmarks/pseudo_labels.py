@@ -23,9 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rcic import config, metadata, predict, pseudo, submit, train
-from rcic.samples import select_samples
-from rcic.store import SiteStore
+from rcic import pseudo
+from rcic.data import metadata
+from rcic.data.store import SiteStore
+from rcic.inference import predict
+from rcic.plates import submit
+from rcic.training import config, train
+from rcic.training.samples import select_samples
 
 
 def scores(run: Path, sites, data: Path, st: Path, out: Path) -> dict:

@@ -31,22 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from rcic import (
-    cells,
-    config,
-    embed_pipeline,
-    metadata,
-    packing,
-    predict,
-    pseudo,
-    runs,
-    samples,
-    synth,
-    train,
-)
-from rcic.logitsfile import read_logits
+from rcic import pseudo
+from rcic.data import cells, metadata, packing
+from rcic.data.store import SiteStore
+from rcic.inference import embed as embed_pipeline
+from rcic.inference import predict
+from rcic.inference.logitsfile import read_logits
 from rcic.metrics import treatment_argmax
-from rcic.store import SiteStore
+from rcic.profiling import embed_head
+from rcic.synthetic import synth
+from rcic.training import config, runs, samples, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO = CONFIGS / "demo.yaml"
@@ -176,7 +170,7 @@ def embedding_head(run: Path, labelled, st: Path) -> dict:
                 run, labelled, st, split, path, checkpoint="last", progress=False
             )
     out = run / "embed-head-test.npz"
-    cv = embed_pipeline.fit_apply(paths["0"], paths["test"], out, ["standardize"], "plate")
+    cv = embed_head.fit_apply(paths["0"], paths["test"], out, ["standardize"], "plate")
     test = well_accuracy(read_logits(out))
     return {"val": cv["cv_accuracy"], "test": test, "epochs": 0}
 

@@ -32,22 +32,25 @@ import numpy as np
 import pandas as pd
 from synth_difficulty import CONFIGS, cnn_row, screen
 
-from rcic import config, features_head, layout, profiles, submit
+from rcic import layout
+from rcic.plates import submit
+from rcic.profiling import features_head, profiles
+from rcic.training import config
 
 STAGES = ("ensemble", "groups", "wells")
 
 
 def hand_routes(work: Path, sites, st: Path, cellprofiler: bool) -> dict[str, Path]:
     """The logits files of the hand-crafted routes (tables and heads cached in `work`)."""
-    from rcic import features_pipeline
+    from rcic.profiling import features as features_pipeline
 
     tables = {"statistics": [work / "statistics.parquet"]}
     if not tables["statistics"][0].exists():
-        profiles.write_table(profiles.features_table(st, sites), tables["statistics"][0], {})
+        tables.write_table(profiles.features_table(st, sites), tables["statistics"][0], {})
     if cellprofiler:
         cp = work / "cellprofiler.parquet"
         if not cp.exists():
-            profiles.write_table(
+            tables.write_table(
                 features_pipeline.cellprofiler_table(st, sites, cp, workers=2), cp, {}
             )
             features_pipeline.remove_parts(cp)

@@ -31,7 +31,8 @@ from pathlib import Path
 import pandas as pd
 from _measure import timed
 
-from rcic import metadata, synth
+from rcic.data import metadata
+from rcic.synthetic import synth
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "rxrx1" / "kaggle"

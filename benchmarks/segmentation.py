@@ -3,7 +3,7 @@
 Usage: python benchmarks/segmentation.py [--work /tmp/rcic-bench-segmentation] [--seed 0]
         [--shared ../shared/rxrx1] [--docs docs] [--workers 2]
 
-1. Real sites (where ../shared/rxrx1 is present): the nuclei rcic.segment finds on site 1 of well
+1. Real sites (where ../shared/rxrx1 is present): the nuclei rcic.data.segment finds on site 1 of well
    B02, plate 1, of each cell type's first experiment, beside a count made by hand on the same site
    (`HAND_COUNTS`); writes docs/segmentation.png, a 256 px quarter of each with nuclei (red) and
    cells (green) outlined.
@@ -28,11 +28,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from rcic import __version__, cpfeatures, features_pipeline, metadata, packing, synth
-from rcic.images import read_png
+from rcic import __version__
+from rcic.data import metadata, packing
+from rcic.data.images import read_png
+from rcic.data.segment import Segmenter, overlay
+from rcic.data.store import SiteStore
 from rcic.parallel import ordered_map
-from rcic.segment import Segmenter, overlay
-from rcic.store import SiteStore
+from rcic.profiling import cpfeatures
+from rcic.profiling import features as features_pipeline
+from rcic.synthetic import synth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import timed  # noqa: E402

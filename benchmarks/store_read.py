@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rcic import images, metadata, packing, store, synth
+from rcic.data import images, metadata, packing, store
+from rcic.synthetic import synth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "rxrx1" / "images"
 

@@ -5,7 +5,7 @@ Usage: python benchmarks/synth_difficulty.py [--work DIR] [--seed 5] [--preset d
 
 On the screen's test experiments (labels hidden from every model, read back from
 test_labels.csv only to score), per well:
-- the leak audit (rcic.baselines.leak_audit): how far each phenotype dimension, at the 95th
+- the leak audit (rcic.synthetic.baselines.leak_audit): how far each phenotype dimension, at the 95th
   percentile of its strength over the screen's siRNAs, moves any of the 42 statistics below, in
   units of their well-to-well standard deviation;
 - baselines: per channel mean, std, 50/90/99th percentiles, foreground fraction, texture (7 x 6
@@ -38,7 +38,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rcic import baselines, cells, config, metadata, packing, store, synth
+from rcic.data import cells, metadata, packing, store, tables
+from rcic.synthetic import baselines, synth
+from rcic.training import config
 
 CELL_CROP = 32  # the demo preset's cells are about 30 px across (benchmarks/cells.py uses the same)
 ALIGN = "front"  # as benchmarks/cells.py
@@ -63,7 +65,7 @@ def screen(work: Path, preset: str | synth.Preset, seed: int) -> tuple[Path, pd.
 
 def fold0_experiments(sites: pd.DataFrame) -> list[str]:
     """The training experiments of fold 0 (of 3), where the logistic regression is tuned."""
-    from rcic.samples import make_folds
+    from rcic.training.samples import make_folds
 
     fold_of = make_folds(metadata.wells_of(sites), 3, 0)
     return sorted(e for e, f in fold_of.items() if f == 0)
@@ -89,15 +91,16 @@ def cellprofiler_wells(work: Path, labelled: pd.DataFrame, st: Path) -> tuple[pd
     """`rcic features --kind cellprofiler` of every well (cached in `work`) as the baselines'
     frame, and its feature sets: all, and pycytominer's selection (variance, correlation above
     0.9, missing values, its blocklist; label-free, on every well)."""
-    from rcic import features_head, features_pipeline, profiles
+    from rcic.profiling import features as features_pipeline
+    from rcic.profiling import features_head, profiles
 
     out = work / "cellprofiler.parquet"
     if not out.exists():
         table = features_pipeline.cellprofiler_table(st, labelled, out, workers=2)
-        profiles.write_table(table, out, {"command": "benchmarks/synth_difficulty.py"})
+        tables.write_table(table, out, {"command": "benchmarks/synth_difficulty.py"})
         features_pipeline.remove_parts(out)
-    table, _ = profiles.read_table(out)
-    feats = profiles.feature_columns(table)
+    table, _ = tables.read_table(out)
+    feats = tables.feature_columns(table)
     frame = profiles.embed_metadata(table).assign(split=table["Metadata_split"].to_numpy())
     frame = pd.concat([frame, table[feats]], axis=1)
     return frame, {"all": feats, "selected": features_head.selected_columns(table, feats)}
@@ -132,8 +135,10 @@ def cellprofiler_table(work: Path, labelled: pd.DataFrame, st: Path, val_exps) -
 def cnn_row(work: Path, data: Path, sites: pd.DataFrame, st: Path, cfg, name: str) -> dict:
     from recipes import well_accuracy
 
-    from rcic import predict, submit, train
-    from rcic.logitsfile import read_logits
+    from rcic.inference import predict
+    from rcic.inference.logitsfile import read_logits
+    from rcic.plates import submit
+    from rcic.training import train
 
     run = work / name
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ Usage: python benchmarks/synth_vs_real.py [--shared ../shared/rxrx1] [--docs doc
 
 For each real B02 site in ``shared/rxrx1/images`` (HEPG2, HUVEC, RPE, U2OS), renders negative-control
 sites of the same cell type with the generator (plate 1, well B02 of 8 experiments) and compares
-per channel: mean, std, 99th percentile, foreground fraction (as rcic.baselines counts it),
+per channel: mean, std, 99th percentile, foreground fraction (as rcic.synthetic.baselines counts it),
 texture (mean absolute Laplacian of the 1-px smoothed image), and the number of nuclei (w1 blobs
 above a local background); then says which synthetic means (over the experiments) lie within 2x
 of the real figure (issue 23's target) and whether the real nucleus count lies in the synthetic
@@ -22,8 +22,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from rcic import baselines, cellsim, layout, synth
-from rcic.images import composite
+from rcic import layout
+from rcic.data.images import composite
+from rcic.synthetic import baselines, cellsim, synth
 
 STATS = ("mean", "std", "p99", "foreground", "texture")
 

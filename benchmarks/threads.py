@@ -7,7 +7,7 @@ The training is `rcic train configs/demo.yaml` on the demo screen (`rcic synth -
 `rcic` processes: alone, then two at once on the same cores. Arms:
 - fp32, deterministic: ``deterministic=true`` (a CPU run then computes in fp32 on fixed threads);
 - the default: ``amp: auto``, ``channels_last: auto`` (the probe's path, cached by the solo run)
-  with the thread guard (rcic.precision.ThreadGuard).
+  with the thread guard (rcic.training.precision.ThreadGuard).
 Without the guard, two bf16 trainings at once collapse: the bare loops' contention rows of
 benchmarks/train_throughput.py show it in a minute, where three epochs here would take 15.
 Speed is the images/s over all epochs (the harmonic mean of metrics.jsonl's epoch speeds), so

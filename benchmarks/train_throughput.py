@@ -28,8 +28,10 @@ from pathlib import Path
 
 import torch
 
-from rcic import config, metadata, packing, precision, synth, train
-from rcic.models import build_model, compute_loss
+from rcic.data import metadata, packing
+from rcic.synthetic import synth
+from rcic.training import config, optim, precision, train
+from rcic.training.models import build_model, compute_loss
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # as the rcic command line runs: idle OpenMP threads sleep (spinning ones collapse sooner)
@@ -56,7 +58,7 @@ def bare_loop(cfg, size: int, bf16: bool, channels_last: bool, steps: int) -> fl
     model = build_model(cfg)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    opt = train.make_optimizer(model, cfg)
+    opt = optim.make_optimizer(model, cfg)
     x = torch.randn(cfg.batch_size, 6, size, size).contiguous(memory_format=fmt)
     y = torch.randint(0, 1139, (cfg.batch_size,))
     ct = torch.zeros(cfg.batch_size, dtype=torch.long)

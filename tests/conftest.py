@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from rcic import cli, metadata, packing, synth
+from rcic import cli
+from rcic.data import metadata, packing
+from rcic.synthetic import synth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "rxrx1"
 
 
 def pytest_configure(config):
-    """The training path probe's cache (rcic.precision) in a folder of this session, never the
+    """The training path probe's cache (rcic.training.precision) in a folder of this session, never the
     user's, for this process and the rcic processes tests start. Under pytest-xdist each worker
     computes with one thread (as do the processes its tests start: rcic's threads follow
     OMP_NUM_THREADS), so two workers' trainings share the cores without oversubscribing them,

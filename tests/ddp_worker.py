@@ -10,10 +10,11 @@ import sys
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from rcic import config, distributed, metadata, samples, train
-from rcic.data import BatchTransform
-from rcic.models import build_model, compute_loss
-from rcic.store import SiteStore
+from rcic.data import metadata
+from rcic.data.store import SiteStore
+from rcic.training import config, distributed, samples, train
+from rcic.training.batches import BatchTransform
+from rcic.training.models import build_model, compute_loss
 
 
 def _cfg(**kw):

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from rcic import cli, layout
-from rcic.logitsfile import write_logits
+from rcic.inference.logitsfile import write_logits
 
 
 @dataclass

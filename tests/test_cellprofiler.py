@@ -1,4 +1,4 @@
-"""Segmentation (rcic.segment) and CellProfiler measurements (rcic.cpfeatures) on generated and
+"""Segmentation (rcic.data.segment) and CellProfiler measurements (rcic.profiling.cpfeatures) on generated and
 real sites, and `rcic features --kind cellprofiler` as a user runs it."""
 
 import warnings
@@ -8,9 +8,13 @@ import pandas as pd
 import pytest
 import zarr
 
-from rcic import cli, cpfeatures, features_pipeline, metadata, packing, profiles, synth
+from rcic import cli
+from rcic.data import metadata, packing, tables
+from rcic.data.segment import Segmenter, estimate_diameter
 from rcic.errors import InputError
-from rcic.segment import Segmenter, estimate_diameter
+from rcic.profiling import cpfeatures
+from rcic.profiling import features as features_pipeline
+from rcic.synthetic import synth
 
 from .conftest import shared_or_skip
 from .test_benchmarks import _load
@@ -88,7 +92,7 @@ def test_masks_nest_nuclei_in_cells_and_cytoplasm_around_them(small):
 
 
 def test_a_cells_mean_intensity_is_the_mean_of_its_pixels_on_0_to_1(small):
-    from rcic.store import SiteStore
+    from rcic.data.store import SiteStore
 
     store = SiteStore(small / "store")
     masks = zarr.open_array(small / "masks.zarr", mode="r")
@@ -114,8 +118,8 @@ def test_pycytominer_recognises_the_profiles(small):
         warnings.simplefilter("ignore")
         from pycytominer.cyto_utils import infer_cp_features
 
-    table, provenance = profiles.read_table(small / "cp.parquet")
-    features = profiles.feature_columns(table)
+    table, provenance = tables.read_table(small / "cp.parquet")
+    features = tables.feature_columns(table)
     assert infer_cp_features(table) == features
     assert {f.split("_")[0] for f in features} == {"Nuclei", "Cells", "Cytoplasm"}
     for name in (
@@ -144,7 +148,7 @@ def test_pycytominer_recognises_the_profiles(small):
 
 
 def test_the_profile_is_the_median_of_the_wells_cells(small):
-    table, _ = profiles.read_table(small / "cp.parquet")
+    table, _ = tables.read_table(small / "cp.parquet")
     cells = pd.read_parquet(small / "cells")
     code = table["Metadata_id_code"].iat[3]
     mine = cells[cells["Metadata_id_code"] == code]
@@ -172,7 +176,7 @@ def test_parts_and_a_stopped_run_give_the_one_pass_table(small, tmp_path):
     assert run(out, (2, 3)) is None
     assert len(list((tmp_path / "cp.parquet.parts").iterdir())) == 5
     pd.testing.assert_frame_equal(run(out), one_pass)
-    assert len(profiles.feature_columns(one_pass)) < 500
+    assert len(tables.feature_columns(one_pass)) < 500
 
 
 def test_cellprofiler_names():
@@ -229,7 +233,7 @@ HAND_COUNTS = _load("segmentation").HAND_COUNTS
 
 @pytest.mark.parametrize("cell_type", sorted(HAND_COUNTS))
 def test_nuclei_of_real_sites_match_a_count_by_hand(cell_type):
-    from rcic.images import read_png
+    from rcic.data.images import read_png
 
     root = shared_or_skip() / "images" / "train" / f"{cell_type}-01" / "Plate1"
     site = np.stack([read_png(root / f"B02_s1_w{c}.png") for c in range(1, 7)])

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from rcic import cells, cli, predict, store
+from rcic import cli
+from rcic.data import cells, store
 from rcic.errors import InputError, StoreError
+from rcic.inference import predict
 
 
 def _blobs(centres, size=48, sigma=2.0):
@@ -247,7 +249,7 @@ def test_align_crop_lays_the_nucleus_flat_with_its_body_on_the_right(angle, body
 def test_aligned_views_keep_the_alignment():
     import torch
 
-    from rcic.data import BatchTransform, dihedral
+    from rcic.training.batches import BatchTransform, dihedral
 
     x = torch.from_numpy(_cell_window(0.0, True)[None].astype(np.float32))
     for name, views in cells.ALIGN_VIEWS.items():

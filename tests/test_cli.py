@@ -68,7 +68,7 @@ def test_errors_are_one_line_with_traceback_under_verbose(tmp_path, capsys):
 
 def test_a_bug_is_not_hidden_as_a_message(monkeypatch):
     """Only rcic's own errors become one-line messages: anything else propagates."""
-    from rcic import metadata
+    from rcic.data import metadata
 
     def broken(*args, **kwargs):
         raise ValueError("an internal bug")
@@ -158,7 +158,7 @@ def test_version_is_the_installed_one(capsys):
 def test_old_spellings_of_the_dataset_folder_work_with_a_warning(tiny_screen, tmp_path, caplog):
     """--data in every command; check's positional folder and submit's --metadata are kept for one
     release, each with a deprecation warning, and a command without any is refused by name."""
-    from rcic.logitsfile import write_logits
+    from rcic.inference.logitsfile import write_logits
 
     assert cli.main(["check", str(tiny_screen)]) == 0
     assert "deprecated: use --data" in caplog.text

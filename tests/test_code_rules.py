@@ -20,8 +20,8 @@ WRITERS = {
 # the one file rcic appends to line by line: an epoch's metrics, a log rather than an output
 APPENDS = {("runs.py", "metrics")}
 # what a write may go to: atomic_path's temporary name, an in-memory buffer, or rcic's own
-# atomic writer of profile tables (rcic.profiles.write_table)
-SAFE = {"tmp", "buf", "profiles"}
+# atomic writer of profile tables (rcic.data.tables.write_table)
+SAFE = {"tmp", "buf", "tables"}
 
 
 def _names(call: ast.Call) -> set[str]:
@@ -53,7 +53,7 @@ def test_every_output_goes_through_a_temporary_name():
     renamed, so an interrupted or failing command leaves no half-written file under a final name;
     a write to any other target fails here with its file and line."""
     found = [
-        w for p in sorted(SRC.glob("*.py")) if p.name != "fileio.py" for w in _direct_writes(p)
+        w for p in sorted(SRC.rglob("*.py")) if p.name != "fileio.py" for w in _direct_writes(p)
     ]
     assert not found, "direct writes:\n" + "\n".join(found)
 
@@ -73,7 +73,7 @@ def test_the_rule_catches_a_direct_write(tmp_path):
 def test_no_function_is_longer_than_fifty_lines():
     """A function reads on one screen: at most 50 lines, its docstring included."""
     long = []
-    for path in sorted(SRC.glob("*.py")):
+    for path in sorted(SRC.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 n = node.end_lineno - node.lineno + 1
@@ -88,7 +88,7 @@ def test_every_entry_point_rcic_advertises_resolves():
 
     for name in rcic.__all__:
         assert getattr(rcic, name) is not None, name
-    assert rcic.pack.__module__ == "rcic.packing"
+    assert rcic.pack.__module__ == "rcic.data.packing"
 
 
 def test_no_line_is_kept_from_the_formatter():
@@ -104,3 +104,112 @@ def test_no_line_is_kept_from_the_formatter():
         if any(m in line for m in marks)
     ]
     assert not kept, "\n".join(kept)
+
+
+# rcic's layers, bottom first: a module imports from its own layer or those below, never above
+LAYERS = (
+    {"rcic.errors", "rcic.fileio", "rcic.layout", "rcic.metrics", "rcic.parallel"},
+    {"rcic.data"},
+    {"rcic.synthetic"},
+    {"rcic.training"},
+    {"rcic.inference"},
+    {"rcic.plates"},
+    {"rcic.profiling"},
+    {"rcic", "rcic.cli", "rcic.demo", "rcic.pseudo", "rcic.report"},
+)
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int:
+    """The layer of a module: that of its longest listed prefix."""
+    for name in (module.rsplit(".", k)[0] for k in range(module.count(".") + 1)):
+        for i, layer in enumerate(LAYERS):
+            if name in layer:
+                return i
+    raise AssertionError(f"{module}: in no layer of LAYERS")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every rcic module `path` imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "rcic"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "rcic":
+            # `from rcic.data import store` imports the module rcic.data.store
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            if node.module == "rcic" and {a.name for a in node.names} == {"__version__"}:
+                continue  # the installed version, not a module
+            found |= {s for s in subs if _exists(s)} or {node.module}
+    return found
+
+
+def _exists(module: str) -> bool:
+    base = SRC.parent.joinpath(*module.split("."))
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+def _graph(src: Path) -> dict[str, set[str]]:
+    return {_module(p): _imports(p) - {_module(p)} for p in sorted(src.rglob("*.py"))}
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{m} -> {t}" for m, ts in graph.items() for t in ts if _layer(t) > _layer(m)]
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle among the modules (package __init__ files aside), or []."""
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for t in sorted(graph.get(m, ())):
+            if t in graph and graph[t] and state.get(t) == "open":
+                return stack[stack.index(t) :] + [t]
+            if t in graph and t not in state and (found := visit(t)):
+                return found
+        state[m] = "done"
+        stack.pop()
+        return []
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return []
+
+
+def test_imports_run_down_the_layers_and_never_in_a_cycle():
+    """The tree is the design: each subpackage a stage, each importing only from the stages
+    below it (the top modules and the package's own lazy entry points aside), and no two modules
+    importing each other, directly or around a loop."""
+    graph = _graph(SRC)
+    assert not _upward(graph), "imports up a layer:\n" + "\n".join(_upward(graph))
+    assert not _cycle(graph), "an import cycle: " + " -> ".join(_cycle(graph))
+
+
+def test_the_layer_rule_catches_an_upward_import_and_a_cycle(tmp_path):
+    pkg = tmp_path / "rcic"
+    for name, text in {
+        "__init__.py": "",
+        "errors.py": "",
+        "data/__init__.py": "",
+        "data/store.py": "from rcic.training import train\n",
+        "training/__init__.py": "",
+        "training/train.py": "from rcic.training.runs import x\n",
+        "training/runs.py": "def f():\n    from rcic.training import train\n",
+    }.items():
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / name).write_text(text)
+    global SRC
+    real, SRC = SRC, pkg
+    try:
+        graph = _graph(pkg)
+        assert _upward(graph) == ["rcic.data.store -> rcic.training.train"]
+        assert set(_cycle(graph)) == {"rcic.training.train", "rcic.training.runs"}
+    finally:
+        SRC = real

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rcic import baselines, cellsim, metadata, packing, synth
-from rcic.store import SiteStore
+from rcic.data import metadata, packing
+from rcic.data.store import SiteStore
+from rcic.synthetic import baselines, cellsim, synth
 
 # the demo's generator settings on fewer experiments (8 train, 4 test): about 30 s to make
 MINI = replace(synth.PRESETS["demo"], name="mini", train_experiments=(2, 2, 2, 2))

@@ -2,8 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rcic import cli, embed, layout
-from rcic.logitsfile import read_logits
+from rcic import cli, layout
+from rcic.inference.logitsfile import read_logits
+from rcic.profiling import corrections as embed
+from rcic.profiling import embed_head
 
 
 def _planted(seed=0, n_plates=6, dim=8, scale_sd=0.0):
@@ -120,9 +122,7 @@ def test_out_of_fold_embeddings_and_heads_through_submit(
     assert {"negative_control", "positive_control", "treatment"} <= set(fold["well_type"])
     # a head refuses embeddings the model trained on
     with pytest.raises(ValueError, match="trained on"):
-        from rcic import embed_pipeline
-
-        embed_pipeline.fit_apply(
+        embed_head.fit_apply(
             tmp_path / "train.npz", tmp_path / "test.npz", tmp_path / "x.npz", ["tvn"]
         )
     for head in ("centroid", "linear"):

@@ -8,9 +8,12 @@ import pandas as pd
 import pytest
 from scipy.special import log_softmax
 
-from rcic import cli, features_head, layout, profiles, submit
+from rcic import cli, layout
+from rcic.data import tables
 from rcic.errors import RcicError
-from rcic.logitsfile import read_logits
+from rcic.inference.logitsfile import read_logits
+from rcic.plates import submit
+from rcic.profiling import features_head
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +95,10 @@ def test_cnn_and_features_mix_each_by_its_own_temperature(
 
 
 def test_a_file_of_other_wells_is_refused_by_name(head, tiny_screen, tmp_path):
-    table, _ = profiles.read_table(head / "features.parquet")
+    table, _ = tables.read_table(head / "features.parquet")
     test = table[(table["Metadata_split"] == "test") & (table["Metadata_pert_type"] == "trt")]
     fewer = tmp_path / "fewer.parquet"
-    profiles.write_table(table.drop(index=test.index[0]), fewer, {})
+    tables.write_table(table.drop(index=test.index[0]), fewer, {})
     features_head.fit_head([fewer], tmp_path / "fewer.npz")
     argv = [
         "submit",
@@ -126,20 +129,20 @@ def test_per_plate_z_uses_each_plates_treatment_wells():
 
 
 def test_kinds_join_well_by_well_and_a_mismatch_is_named(head, tmp_path):
-    table, _ = profiles.read_table(head / "features.parquet")
-    feats = profiles.feature_columns(table)
-    other = table[profiles.metadata_columns(table)].copy()
+    table, _ = tables.read_table(head / "features.parquet")
+    feats = tables.feature_columns(table)
+    other = table[tables.metadata_columns(table)].copy()
     other["extra_a"], other["extra_b"] = table[feats[0]] ** 2, table[feats[1]] * 3
     other = other.sample(frac=1.0, random_state=0)  # another row order: joined by well, not row
-    profiles.write_table(other, tmp_path / "other.parquet", {})
+    tables.write_table(other, tmp_path / "other.parquet", {})
     joined, _ = features_head.join_tables([head / "features.parquet", tmp_path / "other.parquet"])
-    assert profiles.feature_columns(joined) == [*feats, "extra_a", "extra_b"]
+    assert tables.feature_columns(joined) == [*feats, "extra_a", "extra_b"]
     row = joined.set_index("Metadata_id_code").loc[table["Metadata_id_code"].iat[5]]
     assert row["extra_a"] == pytest.approx(table[feats[0]].iat[5] ** 2)
-    profiles.write_table(other.iloc[1:], tmp_path / "short.parquet", {})
+    tables.write_table(other.iloc[1:], tmp_path / "short.parquet", {})
     with pytest.raises(RcicError, match="short.parquet: holds other wells"):
         features_head.join_tables([head / "features.parquet", tmp_path / "short.parquet"])
     clash = other.rename(columns={"extra_a": feats[0]})
-    profiles.write_table(clash, tmp_path / "clash.parquet", {})
+    tables.write_table(clash, tmp_path / "clash.parquet", {})
     with pytest.raises(RcicError, match="clash.parquet: features also in another table"):
         features_head.join_tables([head / "features.parquet", tmp_path / "clash.parquet"])

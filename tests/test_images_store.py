@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from rcic import images, layout, packing, store
-from rcic.images import ImageReadError, load_site
+from rcic import layout
+from rcic.data import images, packing, store
+from rcic.data.images import ImageReadError, load_site
 
 from .conftest import SHARED
 

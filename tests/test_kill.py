@@ -24,8 +24,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rcic.logitsfile import read_logits
-from rcic.store import SiteStore, StoreError
+from rcic.data.store import SiteStore, StoreError
+from rcic.inference.logitsfile import read_logits
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -139,7 +139,7 @@ def test_predict_killed_leaves_nothing_and_rerun_matches(
 
 
 def test_submit_killed_leaves_nothing_and_rerun_matches(tiny_screen, tmp_path):
-    from rcic.logitsfile import write_logits
+    from rcic.inference.logitsfile import write_logits
 
     test = pd.read_csv(tiny_screen / "test.csv")
     z = np.random.default_rng(0).normal(size=(len(test), 1139)).astype(np.float32)

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rcic import layout, metadata, rules
-from rcic.metadata import MetadataError, load_metadata
+from rcic import layout
+from rcic.data import metadata, rules
+from rcic.data.metadata import MetadataError, load_metadata
 
 from .conftest import shared_or_skip
 

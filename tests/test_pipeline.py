@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rcic import cli, submit
-from rcic.logitsfile import read_logits
+from rcic import cli
+from rcic.inference.logitsfile import read_logits
+from rcic.plates import submit
 
 
 def test_predict_fold_fits_temperature_and_test_has_all_wells(trained, tiny_screen, tiny_store):

@@ -6,8 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rcic import layout, metadata, metrics, plates, rules, submit
-from rcic.logitsfile import LogitsError, read_logits, write_logits
+from rcic import layout, metrics
+from rcic.data import metadata, rules
+from rcic.inference import calibration
+from rcic.inference.logitsfile import LogitsError, read_logits, write_logits
+from rcic.plates import postprocess as plates
+from rcic.plates import submit
 
 from .conftest import shared_or_skip
 
@@ -136,7 +140,7 @@ def test_sinkhorn_with_missing_wells_tracks_the_exact_marginals():
     rng = np.random.default_rng(0)
     agree = 0
     for _ in range(100):
-        lp = plates.log_softmax(rng.normal(0, 2.0, (4, 6)), dtype=np.float64)
+        lp = calibration.log_softmax(rng.normal(0, 2.0, (4, 6)), dtype=np.float64)
         approx = plates.sinkhorn(lp, iterations=2000, tol=1e-12)
         agree += (approx.argmax(1) == _exact_marginals(np.exp(lp)).argmax(1)).sum()
     assert agree >= 0.9 * 400, agree
@@ -389,7 +393,7 @@ def test_class_bias_of_an_experiment_is_removed_and_the_estimate_survives_it():
     rng = np.random.default_rng(5)
     for e in np.unique(exps):
         bias[exps == e] = rng.normal(0, 2.0, lp.shape[1])  # 2 logits: a strong batch effect
-    biased = plates.log_softmax(lp + bias)
+    biased = calibration.log_softmax(lp + bias)
     cleaned = plates.remove_class_bias(biased, exps)
     assert np.abs(cleaned - plates.remove_class_bias(lp, exps)).max() < 1e-3
     est = plates.estimate_temperature(cleaned, exps, pls, choices, pg, max_plates=4).temperature
@@ -425,7 +429,7 @@ def test_group_log_probs_match_an_exact_log_sum_exp(scale):
     pg = rules.PlateGroups(groups=groups, plate_group={}, canonical=(0, 1, 2, 3), cyclic=True)
     z = rng.normal(0, 1, (50, layout.N_TREATMENTS)) * scale
     z[np.arange(50), groups[0][rng.integers(0, len(groups[0]), 50)]] += 10 * scale
-    lp = plates.log_softmax(z)
+    lp = calibration.log_softmax(z)
     zz = lp.astype(np.float64)
     exact = np.stack(
         [
@@ -479,7 +483,9 @@ def test_marginal_groups_weigh_every_order_by_its_posterior():
     """A weak model on small plates: the orders are uncertain, and `marginal`'s groups stage is the
     Bayes decision over them, which the most likely order alone (`loglik`) is not."""
     lp, exps, pls, _, pg = _plates_with_signal(1.0, 1.0, m=6, n=5, seed=3)
-    lp = plates.log_softmax(np.where(np.arange(lp.shape[1]) < 24, lp, -60.0))  # 24 siRNAs in use
+    lp = calibration.log_softmax(
+        np.where(np.arange(lp.shape[1]) < 24, lp, -60.0)
+    )  # 24 siRNAs in use
     soft = plates.postprocess(lp, exps, pls, pg, group_method="marginal")
     hard = plates.postprocess(lp, exps, pls, pg, group_method="loglik")
     assert min(c.posterior for c in soft.choices.values()) < 0.9  # the orders are uncertain

@@ -1,14 +1,14 @@
 """The path a training computes in: what a config fixes, what the probe picks on a CPU, what is
-cached, recorded and kept on resume (rcic.precision)."""
+cached, recorded and kept on resume (rcic.training.precision)."""
 
 import json
 
 import pytest
 import torch
 
-from rcic import config, precision, train
-from rcic.config import ConfigError
-from rcic.models import build_model
+from rcic.training import config, precision, train
+from rcic.training.config import ConfigError
+from rcic.training.models import build_model
 
 FAST = ["epochs=1", "batch_size=32", "embedding_dim=32", "warmup_epochs=0.2", "folds=4", "fold=0"]
 CPU = torch.device("cpu")

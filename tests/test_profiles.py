@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rcic import cli, profile_metrics, profiles
+from rcic import cli
+from rcic.data import tables
 from rcic.errors import InputError
+from rcic.profiling import metrics as profile_metrics
+from rcic.profiling import profiles
 
 
 def test_relationship_recall_by_hand():
@@ -80,7 +83,7 @@ def test_a_users_notebook_gets_the_numbers_rcic_reports(feature_profiles):
     raw, wells = pd.read_parquet(table), pd.read_parquet(out / "wells.parquet")
     meta = [c for c in raw.columns if c.startswith("Metadata_")]
     feats = [c for c in raw.columns if not c.startswith("Metadata_")]
-    assert meta == list(profiles.METADATA) and len(feats) == 63
+    assert meta == list(tables.METADATA) and len(feats) == 63
     assert all(raw[c].dtype == np.float32 for c in feats)
     assert raw["Metadata_Plate"].str.fullmatch(r".+-\d\d_[1-4]").all()  # unique across experiments
     assert set(raw["Metadata_pert_type"]) == {"trt", "poscon", "negcon"}
@@ -138,7 +141,7 @@ def test_synthetic_truth_drives_consistency_recall_and_spearman(feature_profiles
     cons = pd.DataFrame(
         {"Metadata_CellType": "RPE", "Metadata_pert_type": "trt", "Metadata_sirna_id": ids}
     )
-    cons = profiles.make_table(cons, truth["RPE"][ids] * 3.0)
+    cons = tables.make_table(cons, truth["RPE"][ids] * 3.0)
     rho = profile_metrics.true_vs_measured(cons, truth)
     assert rho == {"RPE": pytest.approx(1.0)}
 
@@ -146,7 +149,7 @@ def test_synthetic_truth_drives_consistency_recall_and_spearman(feature_profiles
 def test_importing_pycytominer_leaves_other_commands_unchanged(tiny_screen, tmp_path):
     """pycytominer switches pandas' copy-on-write on when imported: submit's outputs in a process
     that imported it match those of one that did not."""
-    from rcic.logitsfile import write_logits
+    from rcic.inference.logitsfile import write_logits
 
     test = pd.read_csv(tiny_screen / "test.csv")
     z = np.random.default_rng(0).normal(size=(len(test), 1139)).astype(np.float32)
@@ -178,10 +181,10 @@ def test_a_file_that_is_not_a_profile_table_is_named(tmp_path):
     bad = tmp_path / "x.parquet"
     bad.write_text("id,feature\n1,2\n")
     with pytest.raises(InputError, match="x.parquet"):
-        profiles.read_table(bad)
+        tables.read_table(bad)
     pd.DataFrame({"emb_0000": [1.0]}).to_parquet(tmp_path / "y.parquet")
     with pytest.raises(InputError, match="not an rcic profile table"):
-        profiles.read_table(tmp_path / "y.parquet")
+        tables.read_table(tmp_path / "y.parquet")
 
 
 def test_spherize_chooses_its_epsilon_on_the_training_split(feature_profiles, tmp_path):
@@ -198,9 +201,7 @@ def test_spherize_chooses_its_epsilon_on_the_training_split(feature_profiles, tm
     raw = pd.read_parquet(table)
     for method in ("spherize", "spherize-pca"):  # ZCA and PCA whitening
         whitened = profiles.correct(raw, method, 1e-6)
-        cov = np.cov(
-            whitened[profiles.feature_columns(whitened)].to_numpy(np.float64), rowvar=False
-        )
+        cov = np.cov(whitened[tables.feature_columns(whitened)].to_numpy(np.float64), rowvar=False)
         live = np.diag(cov) > 0.5  # features that were not constant
         assert np.allclose(cov[np.ix_(live, live)], np.eye(live.sum()), atol=0.05), method
 
@@ -214,7 +215,7 @@ def test_tvn_whitens_each_experiments_negative_controls(feature_profiles):
     out = profiles.correct(raw, "tvn")
     assert list(out.columns) == list(raw.columns)
     neg = out["Metadata_pert_type"] == "negcon"
-    feats = profiles.feature_columns(out)
+    feats = tables.feature_columns(out)
     means = out[neg].groupby("Metadata_Batch")[feats].mean().to_numpy()
     np.testing.assert_allclose(means, 0, atol=1e-4)
 

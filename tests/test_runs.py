@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from rcic import metadata, predict, runs, samples
+from rcic.data import metadata
 from rcic.errors import InputError
-from rcic.logitsfile import read_logits
-from rcic.runs import RunFolder
+from rcic.inference import predict
+from rcic.inference.logitsfile import read_logits
+from rcic.training import runs, samples
+from rcic.training.runs import RunFolder
 
 
 def test_split_record_names_the_held_out_and_training_experiments(trained, tiny_sites):
@@ -108,7 +110,7 @@ def test_checkpoint_holds_a_format_and_the_rng_state(trained):
 def test_a_resumed_run_keeps_its_recorded_validation_experiments(tiny_sites, tiny_store, tmp_path):
     """Resuming reads split.json like predict does: an edited record moves the validation set
     (recomputing the folds would keep validating on the fold rule's experiments)."""
-    from rcic import config, train
+    from rcic.training import config, train
 
     cfg = config.load_config(None, ["epochs=2", "batch_size=32", "embedding_dim=32", "amp=false"])
     run = tmp_path / "run"

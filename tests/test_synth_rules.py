@@ -5,7 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rcic import cellsim, layout, metadata, rules, synth
+from rcic import layout
+from rcic.data import metadata, rules
+from rcic.synthetic import cellsim, synth
 
 DEMO = synth.PRESETS["demo"]
 
@@ -101,7 +103,7 @@ def test_same_seed_same_bytes(tmp_path):
 
 
 def test_images_are_dark_cells_with_phenotypes(tiny_screen, tiny_sites):
-    from rcic.images import load_site
+    from rcic.data.images import load_site
 
     treat = tiny_sites[tiny_sites.site == 1]
     means = np.stack(

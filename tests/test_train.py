@@ -8,21 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from rcic import (
-    config,
-    data,
-    distributed,
-    layout,
-    metadata,
-    models,
-    precision,
-    runs,
-    samples,
-    train,
-)
-from rcic.config import ConfigError
+from rcic import layout
+from rcic.data import metadata
+from rcic.data.store import StoreError
 from rcic.errors import InputError
-from rcic.store import StoreError
+from rcic.training import batches as data
+from rcic.training import config, distributed, models, optim, precision, runs, samples, train
+from rcic.training.config import ConfigError
 
 FAST = [
     "epochs=2",
@@ -152,7 +144,7 @@ def test_weight_decay_reaches_the_weights_only(optimizer):
     parameter is in exactly one of the two groups."""
     cfg = _cfg("backbone=resnet10t", f"optimizer={optimizer}", "weight_decay=0.5")
     model = models.build_model(cfg)
-    decay, no_decay = train.make_optimizer(model, cfg).param_groups
+    decay, no_decay = optim.make_optimizer(model, cfg).param_groups
     assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"])
     assert all(p.ndim == 1 for p in no_decay["params"])
@@ -205,7 +197,7 @@ def test_tiny_site_training_stays_finite_for_any_seed(tiny_sites, tiny_store, tm
 
 
 def test_folds_hold_out_whole_experiments(tiny_sites, tiny_store):
-    from rcic.store import SiteStore
+    from rcic.data.store import SiteStore
 
     wells = metadata.wells_of(tiny_sites)
     fold_of = samples.make_folds(wells, 4, seed=0)
@@ -225,7 +217,7 @@ def test_folds_hold_out_whole_experiments(tiny_sites, tiny_store):
 
 
 def test_controls_and_pseudo_labels_are_training_data(tiny_sites, tiny_store, tmp_path):
-    from rcic.store import SiteStore
+    from rcic.data.store import SiteStore
 
     st = SiteStore(tiny_store)
     with_ctrl = samples.select_samples(tiny_sites, st, _cfg())
@@ -484,8 +476,8 @@ def test_torchrun_train_only_rank0_writes(tiny_screen, tiny_store, tmp_path):
 def test_global_normalisation_predicts_with_the_training_pool(tiny_sites, tiny_store, tmp_path):
     """normalisation=global: a well's logits must not depend on which other wells are predicted,
     and the statistics used are those of the training samples, recorded in the checkpoint."""
-    from rcic import predict
-    from rcic.store import SiteStore
+    from rcic.data.store import SiteStore
+    from rcic.inference import predict
 
     run = tmp_path / "run"
     cfg = _cfg("epochs=1", "normalisation=global", "deterministic=true")

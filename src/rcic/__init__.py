@@ -1,31 +1,39 @@
 """rcic: learn which siRNA was applied to cells from 6-channel microscopy in the RxRx1 layout.
 
+The package is laid out by stage, each layer importing only from those below it
+(tests/test_code_rules.py holds it to that): at the bottom ``errors``, ``fileio``, ``metrics`` and
+``parallel``; then ``data`` (metadata, plate rules, images, the store, cells, segmentation, profile
+tables), ``synthetic`` (the simulated screen and its checks), ``training`` (config, models,
+batches, the loop, runs), ``inference`` (prediction with TTA, embeddings, logits files,
+temperatures), ``plates`` (plate post-processing and submissions), ``profiling`` (corrections,
+features, heads, profiles and their metrics); on top ``cli``, ``demo``, ``pseudo`` and ``report``.
+
 The main entry points are importable from here; they load on first use, so ``import rcic`` stays
 light (the command line's ``rcic --help`` imports nothing heavy either)::
 
-    rcic.load_metadata, rcic.wells_of      the dataset's tables (rcic.metadata)
-    rcic.discover_groups                   siRNA groups and plate orders (rcic.rules)
-    rcic.generate                          a synthetic screen (rcic.synth)
-    rcic.pack, rcic.SiteStore              the packed image store (rcic.packing, rcic.store)
-    rcic.load_config, rcic.train           training (rcic.config, rcic.train)
-    rcic.treatment_log_probs               logits -> per-well log-probabilities (rcic.plates)
-    rcic.make_submission, rcic.SubmitOptions   the plate stages in memory (rcic.submit)
+    rcic.load_metadata, rcic.wells_of      the dataset's tables (rcic.data.metadata)
+    rcic.discover_groups                   siRNA groups and plate orders (rcic.data.rules)
+    rcic.generate                          a synthetic screen (rcic.synthetic.synth)
+    rcic.pack, rcic.SiteStore              the packed image store (rcic.data.packing, rcic.data.store)
+    rcic.load_config, rcic.train           training (rcic.training.config, rcic.training.train)
+    rcic.treatment_log_probs               logits -> per-well log-probabilities (rcic.plates.postprocess)
+    rcic.make_submission, rcic.SubmitOptions   the plate stages in memory (rcic.plates.submit)
 """
 
 from importlib import import_module
 
 _ENTRY_POINTS = {
-    "load_metadata": "rcic.metadata",
-    "wells_of": "rcic.metadata",
-    "discover_groups": "rcic.rules",
-    "generate": "rcic.synth",
-    "pack": "rcic.packing",
-    "SiteStore": "rcic.store",
-    "load_config": "rcic.config",
-    "train": "rcic.train",
-    "treatment_log_probs": "rcic.plates",
-    "make_submission": "rcic.submit",
-    "SubmitOptions": "rcic.submit",
+    "load_metadata": "rcic.data.metadata",
+    "wells_of": "rcic.data.metadata",
+    "discover_groups": "rcic.data.rules",
+    "generate": "rcic.synthetic.synth",
+    "pack": "rcic.data.packing",
+    "SiteStore": "rcic.data.store",
+    "load_config": "rcic.training.config",
+    "train": "rcic.training.train",
+    "treatment_log_probs": "rcic.plates.postprocess",
+    "make_submission": "rcic.plates.submit",
+    "SubmitOptions": "rcic.plates.submit",
 }
 __all__ = ["__version__", *_ENTRY_POINTS]
 

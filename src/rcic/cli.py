@@ -8,7 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from rcic.data import tables
 from rcic.errors import InputError, RcicError
+from rcic.profiling import embed_head
 
 # Idle OpenMP threads sleep instead of spinning, so that processes sharing the cores do not starve
 # each other (two trainings on 2 cores keep most of their speed: benchmarks/threads.py). OpenMP reads
@@ -69,7 +71,7 @@ def _add_synth(sub) -> None:
 
 
 def cmd_synth(args) -> int:
-    from rcic import synth
+    from rcic.synthetic import synth
 
     synth.generate(
         args.out,
@@ -154,7 +156,7 @@ def _add_inference_args(p) -> None:
 
 
 def _sites(args):
-    from rcic import metadata
+    from rcic.data import metadata
 
     return metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
 
@@ -178,7 +180,7 @@ def _add_check(sub) -> None:
 
 
 def cmd_check(args) -> int:
-    from rcic.check import check_dataset
+    from rcic.data.check import check_dataset
 
     report = check_dataset(
         args.data,
@@ -235,7 +237,7 @@ def _add_prepare(sub) -> None:
 
 
 def cmd_prepare(args) -> int:
-    from rcic import metadata, packing
+    from rcic.data import metadata, packing
 
     sites = metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
     result = packing.pack(
@@ -290,7 +292,7 @@ def _add_cells(sub) -> None:
 
 
 def cmd_cells(args) -> int:
-    from rcic import cells
+    from rcic.data import cells
 
     finder = cells.CellFinder(
         crop=args.crop, threshold=args.threshold, max_cells=args.max_cells, align=args.align
@@ -328,7 +330,7 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from rcic import config
+    from rcic.training import config
 
     if args.list_keys:
         for name, doc in config.describe_keys():
@@ -338,7 +340,8 @@ def cmd_train(args) -> int:
     if missing:
         raise InputError(f"train needs {', '.join(missing)}")
     cfg = config.load_config(args.config, args.overrides)
-    from rcic import metadata, train
+    from rcic.data import metadata
+    from rcic.training import train
 
     sites = metadata.load_metadata(args.data, label_map=args.label_map, reference=args.reference)
     row = train.train(cfg, sites, args.store, args.out, resume=args.resume)
@@ -393,8 +396,8 @@ def _inference_options(args) -> dict:
 
 
 def cmd_predict(args) -> int:
-    from rcic import predict
-    from rcic.logitsfile import read_logits
+    from rcic.inference import predict
+    from rcic.inference.logitsfile import read_logits
 
     temperature = args.temperature
     if args.temperature_from:
@@ -460,7 +463,7 @@ def _add_submit(sub) -> None:
 
 def _add_plate_options(p) -> None:
     """The plate stages' options: stages, temperature and calibration, group and well decisions."""
-    from rcic.plates import (
+    from rcic.plates.postprocess import (
         CALIBRATE,
         CALIBRATE_DEFAULT,
         GROUP_DEFAULT,
@@ -498,7 +501,7 @@ def _add_plate_options(p) -> None:
 
 
 def cmd_submit(args) -> int:
-    from rcic import submit
+    from rcic.plates import submit
 
     stages = tuple(_stage_name(s.strip()) for s in args.stages.split(","))
     unknown = set(stages) - set(submit.STAGES)
@@ -536,8 +539,8 @@ def cmd_submit(args) -> int:
 def _print_submit_summary(res, stages: tuple[str, ...], well_method: str) -> None:
     """Calibration, the well decision, each experiment's group order and the stage scores."""
     from rcic.metrics import format_table
-    from rcic.plates import WELL_DECISIONS
-    from rcic.submit import POSTERIOR_FLAG
+    from rcic.plates.postprocess import WELL_DECISIONS
+    from rcic.plates.submit import POSTERIOR_FLAG
 
     cal = res.calibration
     if cal.get("mode", "off") != "off":
@@ -664,7 +667,7 @@ def _add_embed(sub) -> None:
 
 
 def cmd_embed(args) -> int:
-    from rcic import embed_pipeline
+    from rcic.inference import embed as embed_pipeline
 
     path = embed_pipeline.embed_run(*_run_split_out(args), **_inference_options(args))
     print(f"wrote {path}")
@@ -672,7 +675,7 @@ def cmd_embed(args) -> int:
 
 
 def _add_embed_head(sub) -> None:
-    from rcic.embed import CORRECTIONS, HEADS
+    from rcic.profiling.corrections import CORRECTIONS, HEADS
 
     p = sub.add_parser(
         "embed-head",
@@ -699,9 +702,8 @@ def _add_embed_head(sub) -> None:
 
 
 def cmd_embed_head(args) -> int:
-    from rcic import embed_pipeline
 
-    res = embed_pipeline.fit_apply(
+    res = embed_head.fit_apply(
         args.train, args.apply, args.out, args.correction.split(","), args.level, args.head
     )
     print(
@@ -711,7 +713,7 @@ def cmd_embed_head(args) -> int:
 
 
 def _add_profiles(sub) -> None:
-    from rcic.profiles import CORRECTIONS
+    from rcic.profiling.profiles import CORRECTIONS
 
     p = sub.add_parser(
         "profiles",
@@ -750,7 +752,7 @@ def _add_profiles(sub) -> None:
 
 
 def cmd_profiles(args) -> int:
-    from rcic import profiles
+    from rcic.profiling import profiles
 
     epsilon = args.epsilon if args.epsilon == "auto" else _float(args.epsilon, "--epsilon")
     m = profiles.run_profiles(
@@ -831,7 +833,8 @@ def _add_features(sub) -> None:
 
 
 def cmd_features(args) -> int:
-    from rcic import __version__, profiles
+    from rcic import __version__
+    from rcic.profiling import profiles
 
     provenance = {
         "command": "rcic features",
@@ -848,19 +851,21 @@ def cmd_features(args) -> int:
             return 0
     else:
         table = profiles.features_table(args.store, _sites(args))
-    profiles.write_table(table, args.out, provenance)
+    tables.write_table(table, args.out, provenance)
     if args.kind == "cellprofiler":
-        from rcic.features_pipeline import remove_parts
+        from rcic.profiling.features import remove_parts
 
         remove_parts(args.out)
-    n = len(profiles.feature_columns(table))
+    n = len(tables.feature_columns(table))
     print(f"wrote {args.out}: {len(table)} wells x {n} features")
     return 0
 
 
 def _cellprofiler_features(args, provenance: dict):
-    from rcic import cpfeatures, features_pipeline, packing
-    from rcic.segment import Segmenter
+    from rcic.data import packing
+    from rcic.data.segment import Segmenter
+    from rcic.profiling import cpfeatures
+    from rcic.profiling import features as features_pipeline
 
     try:
         segmenter = Segmenter(nucleus_diameter=args.nucleus_diameter)
@@ -910,7 +915,7 @@ def _add_features_head(sub) -> None:
 
 
 def cmd_features_head(args) -> int:
-    from rcic import features_head
+    from rcic.profiling import features_head
 
     rec = features_head.fit_head(args.table, args.out, args.fold, args.folds, args.seed)
     c = rec["choice"]

@@ -19,21 +19,15 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from rcic import (
-    config,
-    embed_pipeline,
-    metadata,
-    packing,
-    predict,
-    samples,
-    store,
-    submit,
-    synth,
-    train,
-)
+from rcic.data import metadata, packing, store, tables
 from rcic.fileio import atomic_text
-from rcic.logitsfile import read_logits
+from rcic.inference import embed as embed_pipeline
+from rcic.inference import predict
+from rcic.inference.logitsfile import read_logits
 from rcic.metrics import DEMO_STAGES, format_table
+from rcic.plates import submit
+from rcic.synthetic import synth
+from rcic.training import config, samples, train
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +61,7 @@ def run_demo(
     `quick`: a smoke run of the same chain on the ``tiny`` screen with 1 epoch per model, in fp32
     so that a rerun gives the same bits (its numbers say nothing about what the recipe learns; the
     full demo's do, within their run-to-run spread: it trains in the path the probe finds
-    fastest, `rcic.precision`). ``demo.json["seconds"]``: where the time went.
+    fastest, `rcic.training.precision`). ``demo.json["seconds"]``: where the time went.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,11 +111,12 @@ def _record(table: dict, out: Path, t0: float, clock: Clock) -> dict:
 def _features_route(folder: Path, sites, store_dir: Path) -> Path:
     """`rcic features` then `rcic features-head`: the test wells' logits of the hand-crafted
     route, its choices made on fold 0 of the training experiments."""
-    from rcic import __version__, features_head, profiles
+    from rcic import __version__
+    from rcic.profiling import features_head, profiles
 
     log.info("3/6 the features route: image statistics of every well, a linear head")
     table = profiles.features_table(store_dir, sites)
-    path = profiles.write_table(
+    path = tables.write_table(
         table,
         folder / "features.parquet",
         {"command": "rcic demo", "kind": "stats", "rcic_version": __version__},
@@ -153,7 +148,7 @@ def _profiles(out: Path, data: Path, sites, store_dir: Path) -> dict:
     """The first model's embeddings of wells it never trained on (its held-out fold, and the test
     experiments with the screen's hidden labels), corrected and scored as a profiling user would
     (`rcic profiles --correction tvn`, which measured best for embeddings: out/profiles/)."""
-    from rcic import profiles
+    from rcic.profiling import profiles
 
     labelled, run = synth.with_test_labels(sites, data), out / "runs" / "model-0"
     tables = [

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from rcic import predict, submit, train
-from rcic.config import TrainConfig
 from rcic.fileio import atomic_text
-from rcic.runs import RunFolder
+from rcic.inference import predict
+from rcic.plates import submit
+from rcic.training import train
+from rcic.training.config import TrainConfig
+from rcic.training.runs import RunFolder
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from rcic import layout  # noqa: E402
+from rcic.data.images import composite  # noqa: E402
+from rcic.data.store import SiteStore  # noqa: E402
+from rcic.data.tables import feature_columns
 from rcic.errors import MissingFileError
 from rcic.fileio import atomic_text
-from rcic.images import composite  # noqa: E402
 from rcic.metrics import DEMO_STAGES
-from rcic.profile_metrics import cosine_matrix
-from rcic.profiles import feature_columns
-from rcic.store import SiteStore  # noqa: E402
+from rcic.profiling.metrics import cosine_matrix
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ def example_images(store: SiteStore, per_type: int = 2) -> str:
 
 def segmentation_overlays(store: SiteStore) -> str:
     """One site of each cell type with the nuclei and cells `rcic features --kind cellprofiler`
-    finds on it (rcic.segment), outlined over its DNA channel."""
-    from rcic.segment import Segmenter, overlay
+    finds on it (rcic.data.segment), outlined over its DNA channel."""
+    from rcic.data.segment import Segmenter, overlay
 
     index = store.index[store.packed & (store.index["well_type"] == "treatment")]
     first = index.drop_duplicates("cell_type").sort_values("cell_type")

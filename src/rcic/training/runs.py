@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from rcic import layout
-from rcic.config import FIELDS, ConfigError, TrainConfig, save_config, to_dict
 from rcic.errors import InputError, StoreError, TrainingError
 from rcic.fileio import atomic_path, atomic_text
-from rcic.models import RcicModel, build_model, load_torch_file
+from rcic.training.config import FIELDS, ConfigError, TrainConfig, save_config, to_dict
+from rcic.training.models import RcicModel, build_model, load_torch_file
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ logits file that `rcic submit` takes like a CNN's.
     rcic submit --logits features.npz [--logits cnn.npz ...] --data DATA --out submission.csv
 
 Everything is chosen on one fold of the training experiments (dealt as `rcic train` deals them:
-`rcic.samples.make_folds`, fold 0 of 3 with seed 0 by default), never on the test experiments:
+`rcic.training.samples.make_folds`, fold 0 of 3 with seed 0 by default), never on the test experiments:
 
 - the correction: ``none``, or ``plate``: each feature z-scored over its plate's treatment wells
   (label-free; it undoes per-plate gains and offsets, as the difficulty certificate's baselines
@@ -14,7 +14,7 @@ Everything is chosen on one fold of the training experiments (dealt as `rcic tra
 - the features: ``all``, or ``selected`` by pycytominer's `feature_select` (variance, correlation
   above 0.9, missing values, its blocklist; label-free, over every well);
 - the inverse regularisation strength C of a multinomial logistic regression on standardised
-  features (`rcic.embed.linear_logits`).
+  features (`rcic.profiling.corrections.linear_logits`).
 
 The choice with the best accuracy on the held-out fold is refitted on every training experiment.
 The held-out fold's logits from the fold's own fit give the temperature (as `rcic predict --split
@@ -34,10 +34,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rcic import layout, profiles
+from rcic import layout
+from rcic.data import tables
 from rcic.errors import InputError
 from rcic.fileio import atomic_text
-from rcic.logitsfile import write_logits
+from rcic.inference.logitsfile import write_logits
+from rcic.profiling import profiles
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +89,10 @@ class FeatureHead:
     """A table's wells, their corrected feature matrices and the fold they are chosen on."""
 
     def __init__(self, table: pd.DataFrame, fold: int = 0, folds: int = 3, seed: int = 0):
-        from rcic.samples import make_folds
+        from rcic.training.samples import make_folds
 
         self.wells = well_frame(table)
-        features = profiles.feature_columns(table)
+        features = tables.feature_columns(table)
         raw = table[features].to_numpy(np.float64)
         self.sets = {"all": np.arange(len(features))}
         chosen = set(selected_columns(table, features)) if len(features) > 1 else set(features)
@@ -105,7 +107,7 @@ class FeatureHead:
 
     def logits(self, choice: Choice, fit: np.ndarray, apply: np.ndarray) -> np.ndarray:
         """(apply wells, classes) logits of the head of `choice` fitted on the `fit` wells."""
-        from rcic.embed import linear_logits
+        from rcic.profiling.corrections import linear_logits
 
         x = self.x[choice.correction][:, self.sets[choice.features]]
         meta = self.wells[fit].reset_index(drop=True)
@@ -133,7 +135,7 @@ def join_tables(paths) -> tuple[pd.DataFrame, dict]:
     well; a well missing from one kind, or a feature in two, is refused by name."""
     kinds: dict[tuple, list[Path]] = {}
     for path in map(Path, paths):
-        features = tuple(profiles.feature_columns(profiles.read_table(path)[0]))
+        features = tuple(tables.feature_columns(tables.read_table(path)[0]))
         kinds.setdefault(features, []).append(path)
     joined, provenance = None, {}
     for features, group in kinds.items():
@@ -142,7 +144,7 @@ def join_tables(paths) -> tuple[pd.DataFrame, dict]:
         if joined is None:
             joined = table
             continue
-        clash = sorted(set(features) & set(profiles.feature_columns(joined)))
+        clash = sorted(set(features) & set(tables.feature_columns(joined)))
         if clash:
             raise InputError(f"{group[0]}: features also in another table, e.g. {clash[:3]}")
         if set(table["Metadata_id_code"]) != set(joined["Metadata_id_code"]):
@@ -155,7 +157,7 @@ def fit_head(tables, out: str | Path, fold: int = 0, folds: int = 3, seed: int =
     """Choose and fit the head on `tables` (the features of every well: one kind, or several
     joined well by well), write the test treatment wells' logits to `out` and
     ``OUT.choices.json`` beside it; return the record."""
-    from rcic.plates import fit_temperature
+    from rcic.inference.calibration import fit_temperature
 
     table, provenance = join_tables(tables)
     head = FeatureHead(table, fold, folds, seed)

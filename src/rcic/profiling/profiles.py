@@ -1,14 +1,6 @@
-"""Well profiles in the form the image-based profiling field works with (pycytominer, copairs,
-JUMP's recipes): one Parquet table, ``Metadata_*`` columns first, then float32 feature columns
-(``emb_0000...`` for a model's embeddings, named statistics for hand-crafted features), and the
-provenance (command, run, checkpoint, views, correction, level, rcic version) in the file's
-key-value metadata under ``rcic``.
-
-A row is a well. ``Metadata_Plate`` is unique across experiments (``HEPG2-01_1``), as JUMP keys
-rows by plate and well; ``Metadata_sirna`` is the class id's name (``sirna_17``, ``UNTREATED``;
-empty for a test well without a label) beside the integer ``Metadata_sirna_id``;
-``Metadata_pert_type`` is ``trt``, ``poscon`` or ``negcon``.
-"""
+"""Profiles as the image-based profiling field builds them from well tables (`rcic.training.batches.tables`):
+batch correction (pycytominer's, and rcic's TVN), consensus per siRNA and cell type, and
+`rcic profiles`, which writes the corrected wells, the consensus and copairs' metrics."""
 
 from __future__ import annotations
 
@@ -19,124 +11,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rcic import layout
+from rcic.data.tables import (
+    PERT_TYPE,
+    feature_columns,
+    make_table,
+    metadata_columns,
+    metadata_frame,
+    read_table,
+    write_table,
+)
 from rcic.errors import InputError
 from rcic.fileio import atomic_csv, atomic_path
-
-METADATA = (
-    "Metadata_Source",
-    "Metadata_Batch",
-    "Metadata_Plate",
-    "Metadata_Well",
-    "Metadata_id_code",
-    "Metadata_CellType",
-    "Metadata_sirna",
-    "Metadata_sirna_id",
-    "Metadata_pert_type",
-    "Metadata_split",
-    "Metadata_oof",
-    "Metadata_n_sites",
-)
-PERT_TYPE = {"treatment": "trt", "positive_control": "poscon", "negative_control": "negcon"}
-PROVENANCE_KEY = b"rcic"
-
-
-def sirna_name(sirna_id: int) -> str:
-    """The name of a class id in profile tables: ``UNTREATED`` for the negative control,
-    ``sirna_<id>`` otherwise, empty for an unknown label."""
-    if sirna_id == layout.UNKNOWN:
-        return ""
-    return "UNTREATED" if sirna_id == layout.NEGATIVE_ID else f"sirna_{sirna_id}"
-
-
-def metadata_frame(wells: pd.DataFrame, source: str, oof=None, n_sites=None) -> pd.DataFrame:
-    """The ``Metadata_*`` columns of `wells` (rcic's well table: id_code, experiment, plate, well,
-    cell_type, sirna, well_type, split)."""
-    n = len(wells)
-    sirna = wells["sirna"].fillna(layout.UNKNOWN).astype(int).to_numpy()
-    return pd.DataFrame(
-        {
-            "Metadata_Source": source,
-            "Metadata_Batch": wells["experiment"].astype(str).to_numpy(),
-            "Metadata_Plate": (
-                wells["experiment"].astype(str) + "_" + wells["plate"].astype(str)
-            ).to_numpy(),
-            "Metadata_Well": wells["well"].astype(str).to_numpy(),
-            "Metadata_id_code": wells["id_code"].astype(str).to_numpy(),
-            "Metadata_CellType": wells["cell_type"].astype(str).to_numpy(),
-            "Metadata_sirna": [sirna_name(s) for s in sirna],
-            "Metadata_sirna_id": sirna,
-            "Metadata_pert_type": wells["well_type"].map(PERT_TYPE).fillna("trt").to_numpy(),
-            "Metadata_split": wells["split"].astype(str).to_numpy(),
-            "Metadata_oof": np.ones(n, bool) if oof is None else np.asarray(oof, bool),
-            "Metadata_n_sites": np.zeros(n, int) if n_sites is None else np.asarray(n_sites, int),
-        }
-    )
-
-
-def make_table(meta: pd.DataFrame, features: np.ndarray, names=None) -> pd.DataFrame:
-    """Metadata columns, then the features as float32 (named ``emb_0000...`` unless `names`)."""
-    features = np.asarray(features, np.float32)
-    if names is None:
-        names = [f"emb_{k:04d}" for k in range(features.shape[1])]
-    feats = pd.DataFrame(features, columns=list(names))
-    return pd.concat([meta.reset_index(drop=True), feats], axis=1)
 
 
 def features_table(store, sites: pd.DataFrame) -> pd.DataFrame:
     """`rcic features`: the hand-crafted features of every well of `sites` as a profile table."""
-    from rcic import baselines
-    from rcic.store import SiteStore
+    from rcic.data.store import SiteStore
+    from rcic.synthetic import baselines
 
     wells = baselines.well_features(SiteStore(store), sites, extended=True)
     names = list(baselines.PROFILE_NAMES)
     meta = metadata_frame(wells, "rcic", n_sites=wells["n_sites"])
     return make_table(meta, wells[names].to_numpy(), names)
-
-
-def feature_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if not c.startswith("Metadata_")]
-
-
-def write_table(frame: pd.DataFrame, path: str | Path, provenance: dict) -> Path:
-    """Write `frame` as Parquet with `provenance` in its key-value metadata (atomically)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[PROVENANCE_KEY] = json.dumps(provenance, default=str).encode()
-    table = table.replace_schema_metadata(meta)
-    path = Path(path)
-    with atomic_path(path, ".tmp.parquet") as tmp:
-        pq.write_table(table, tmp)
-    return path
-
-
-def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """A profile table and its provenance; a file that is not one is refused by name."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such profile table")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: not a Parquet profile table ({e})") from None
-    frame = table.to_pandas()
-    missing = [c for c in METADATA if c not in frame]
-    if missing:
-        raise InputError(
-            f"{path}: not an rcic profile table (missing {missing}); write one with "
-            "`rcic embed --out X.parquet` or `rcic features`"
-        )
-    feats = feature_columns(frame)
-    if not feats or not all(np.issubdtype(frame[c].dtype, np.floating) for c in feats):
-        raise InputError(f"{path}: profile features must be float columns after the Metadata_ ones")
-    raw = (table.schema.metadata or {}).get(PROVENANCE_KEY, b"{}")
-    return frame, json.loads(raw)
 
 
 # --- batch correction and consensus (pycytominer) -----------------------------------------------
@@ -145,10 +41,6 @@ CORRECTIONS = ("none", "standardize", "spherize", "spherize-pca", "tvn")
 WHITENING = {"spherize": "ZCA", "spherize-pca": "PCA"}  # pycytominer's spherize_method
 EPSILONS = tuple(10.0**k for k in range(-4, 3))  # the spherize epsilons tried on validation
 NEGCON = "Metadata_pert_type == 'negcon'"
-
-
-def metadata_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith("Metadata_")]
 
 
 def _pycytominer():
@@ -176,7 +68,7 @@ def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataF
     experiment's controls are centred on themselves, which leaves too few independent ones to
     whiten a few hundred features; ``spherize-pca``: the same with PCA whitening (rotated onto the
     principal axes, where ZCA stays closest to the standardised features); ``none``: the table as
-    it is; ``tvn``: rcic's typical variation normalisation (`rcic.embed.tvn`), each experiment
+    it is; ``tvn``: rcic's typical variation normalisation (`rcic.profiling.corrections.tvn`), each experiment
     centred on its negative controls, then whitened by their covariance shrunk towards its mean
     eigenvalue, which whitens on the controls where pycytominer's spherize cannot."""
     if method not in CORRECTIONS:
@@ -200,7 +92,7 @@ def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataF
 
 
 def embed_metadata(frame: pd.DataFrame) -> pd.DataFrame:
-    """The per-well columns `rcic.embed`'s corrections read (experiment, plate, well_type, sirna),
+    """The per-well columns `rcic.profiling.corrections`'s corrections read (experiment, plate, well_type, sirna),
     from a profile table's ``Metadata_*`` ones."""
     return pd.DataFrame(
         {
@@ -215,7 +107,7 @@ def embed_metadata(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _tvn(frame: pd.DataFrame) -> pd.DataFrame:
-    from rcic import embed
+    from rcic.profiling import corrections as embed
 
     feats = feature_columns(frame)
     values = embed.tvn(frame[feats].to_numpy(np.float64), embed_metadata(frame), "experiment")
@@ -281,7 +173,7 @@ def consensus(frame: pd.DataFrame, pathways: dict[int, int] | None = None) -> pd
 def synthetic_truth(path: str | Path) -> tuple[dict[int, int], dict[str, np.ndarray]]:
     """A synthetic screen's pathways (class id -> pathway) and true phenotypes per cell type,
     from its ``synth.json``."""
-    from rcic import cellsim, synth
+    from rcic.synthetic import cellsim, synth
 
     try:
         info = json.loads(Path(path).read_text())
@@ -322,7 +214,7 @@ def choose_epsilon(
     """The spherize epsilon with the best activity mAP on the wells of `split` (the validation
     experiments; the figures reported elsewhere come from other ones), each siRNA's wells of all
     cell types together (a validation fold may hold one experiment per cell type)."""
-    from rcic import profile_metrics
+    from rcic.profiling import metrics as profile_metrics
 
     scores = {}
     for eps in EPSILONS:
@@ -393,7 +285,7 @@ def _scores(part: pd.DataFrame, cons: pd.DataFrame, truth, relationships, seed: 
     """(metrics, per-profile activity table): copairs' activity mAP of the wells `part`; with the generator's `truth` (pathways, true
     strengths) the consistency mAP of the consensus and how it ranks the true strengths; the
     relationship recall of `relationships` (or of the pathways)."""
-    from rcic import profile_metrics as pm
+    from rcic.profiling import metrics as pm
 
     pathways, true = truth
     act, act_params = pm.activity(part, seed)

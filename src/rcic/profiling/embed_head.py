@@ -1,6 +1,5 @@
-"""File-level steps of the embeddings route: `rcic embed` (a run's embeddings of every well, as
-an .npz or a profile table) and `rcic embed-head` (correct + head -> logits file). Profiles for
-profiling users: rcic.profiles."""
+"""`rcic embed-head`: a head on a model's batch-corrected embeddings (`rcic.profiling.corrections`),
+fitted on out-of-fold wells, its choice scored by leaving one experiment out."""
 
 from __future__ import annotations
 
@@ -10,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rcic import embed, layout
+from rcic import layout
 from rcic.errors import InputError
-from rcic.logitsfile import read_logits, write_logits
+from rcic.inference.logitsfile import read_logits, write_logits
+from rcic.profiling import corrections as embed
 
 log = logging.getLogger(__name__)
 
@@ -101,76 +101,3 @@ def leave_one_experiment_out(x: np.ndarray, meta: pd.DataFrame, head: str) -> fl
         )
         total += int(test.sum())
     return correct / max(total, 1)
-
-
-def embed_run(
-    run: str | Path,
-    sites: pd.DataFrame,
-    store: str | Path,
-    split: str,
-    out: str | Path,
-    *,
-    checkpoint: str = "best",
-    views: int = 8,
-    batch_size: int = 64,
-    device: str = "auto",
-    progress: bool = True,
-    threads: int = 0,
-) -> Path:
-    """Embed every well (treatments and controls) of a split with a run's model; write an .npz,
-    or with a ``.parquet`` `out` a profile table (`rcic.profiles`: the raw well profiles).
-
-    ``oof`` marks the wells that were not training samples of this model (their embeddings can
-    train a head honestly): the held-out fold's experiments, and unlabelled test treatments.
-    """
-    from rcic.predict import predict_split
-
-    kw = {"views": views, "batch_size": batch_size, "progress": progress, "threads": threads}
-    args = (run, sites, store, split, checkpoint, device)
-    pr = predict_split(*args, treatments_only=False, embeddings=True, **kw)
-    res = pr.res
-    wells = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"]]
-    oof = ~np.isin(res["id_code"], _trained_on(sites, pr.st, pr.cfg, pr.held_out))
-    source = str(Path(run).resolve())
-    if str(out).endswith(".parquet"):
-        how = {"run": source, "checkpoint": checkpoint, "views": views, "split": split}
-        return _profile_table(out, wells, oof, res, how)
-    return write_logits(
-        out,
-        res.pop("id_code"),
-        res.pop("logits"),
-        well_type=wells["well_type"].to_numpy(str),
-        oof=oof,
-        source=source,
-        checkpoint=checkpoint,
-        views=views,
-        **res,
-    )
-
-
-def _profile_table(out, wells: pd.DataFrame, oof: np.ndarray, res: dict, how: dict) -> Path:
-    """The raw well profiles as a profile table (`rcic.profiles`) at `out`; `how`: the run,
-    checkpoint, views and split that made them."""
-    from rcic import __version__, profiles
-
-    meta = profiles.metadata_frame(wells.reset_index(), "rcic", oof, res["n_sites"])
-    provenance = {
-        "command": "rcic embed",
-        **how,
-        "correction": "none",
-        "level": "well",
-        "rcic_version": __version__,
-    }
-    return profiles.write_table(profiles.make_table(meta, res["embedding"]), out, provenance)
-
-
-def _trained_on(sites: pd.DataFrame, st, cfg, held_out) -> list[str]:
-    """The wells (id_codes) that were training samples of a run, pseudo-labelled ones included."""
-    pseudo = (
-        pd.read_csv(cfg.pseudo_labels)
-        if cfg.pseudo_labels and Path(cfg.pseudo_labels).exists()
-        else None
-    )
-    from rcic.samples import select_samples
-
-    return list(set(select_samples(sites, st, cfg, pseudo, held_out).train_rows["id_code"]))

@@ -18,12 +18,14 @@ import numpy as np
 import pandas as pd
 
 from rcic import layout
+from rcic.data.metadata import load_metadata, wells_of
+from rcic.data.rules import PlateGroups, discover_groups
 from rcic.errors import SubmissionError
 from rcic.fileio import atomic_csv, atomic_text
-from rcic.logitsfile import read_logits
-from rcic.metadata import load_metadata, wells_of
+from rcic.inference.calibration import log_softmax
+from rcic.inference.logitsfile import read_logits
 from rcic.metrics import accuracy_table, read_id_sirna
-from rcic.plates import (
+from rcic.plates.postprocess import (
     CALIBRATE_DEFAULT,
     GROUP_DEFAULT,
     SHARPEN,
@@ -32,10 +34,8 @@ from rcic.plates import (
     PostResult,
     calibrate_plates,
     group_index,
-    log_softmax,
     postprocess,
 )
-from rcic.rules import PlateGroups, discover_groups
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def make_submission(
     Args:
         lp: per-well treatment log-probabilities (N, 1108), row i for well i of `test`.
         test: the wells: ``id_code``, ``experiment``, ``plate`` (and ``cell_type`` for scores).
-        pg: the plate groups and orders (:func:`rcic.rules.discover_groups` of the metadata).
+        pg: the plate groups and orders (:func:`rcic.data.rules.discover_groups` of the metadata).
         stored_temperature: `lp` was calibrated with a fitted temperature (guards ``auto``).
         truth: siRNA of each well (-1 unknown), to score each stage.
     """

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from rcic import layout
-from rcic.config import TrainConfig
+from rcic.data.metadata import wells_of
+from rcic.data.store import SiteStore
 from rcic.errors import InputError
-from rcic.metadata import wells_of
-from rcic.store import SiteStore
+from rcic.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rcic.data import BatchTransform, dihedral
-from rcic.precision import autocast
+from rcic.training.batches import BatchTransform, dihedral
+from rcic.training.precision import autocast
 
 
 def resolve_device(device: str) -> str:

@@ -12,24 +12,24 @@ import torch
 from scipy.special import log_softmax
 from torch.utils.data import DataLoader
 
-from rcic.config import TrainConfig
-from rcic.data import (
+from rcic.data.store import SiteStore
+from rcic.errors import InputError
+from rcic.inference.calibration import fit_temperature
+from rcic.inference.logitsfile import write_logits
+from rcic.training.batches import (
     BatchTransform,
     SiteDataset,
     cache_fits,
     collate_batch,
     plate_norm_stats,
 )
-from rcic.distributed import set_threads
-from rcic.errors import InputError
-from rcic.logitsfile import write_logits
-from rcic.models import RcicModel
-from rcic.plates import fit_temperature
-from rcic.precision import use_bf16
-from rcic.runs import RunFolder, load_checkpoint
-from rcic.samples import split_sites, store_rows
-from rcic.store import SiteStore
-from rcic.tta import infer, resolve_device, sum_by_well
+from rcic.training.config import TrainConfig
+from rcic.training.distributed import set_threads
+from rcic.training.infer import infer, resolve_device, sum_by_well
+from rcic.training.models import RcicModel
+from rcic.training.precision import use_bf16
+from rcic.training.runs import RunFolder, load_checkpoint
+from rcic.training.samples import split_sites, store_rows
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def predict_split(
     run, sites, store, split, checkpoint, device, *, treatments_only, threads=0, **kw
 ):
     """Load a run's checkpoint and predict one split of `sites` with `threads` CPU threads
-    (0: :func:`rcic.distributed.cpu_threads`); `kw` goes to predict_logits."""
+    (0: :func:`rcic.training.distributed.cpu_threads`); `kw` goes to predict_logits."""
     set_threads(threads)
     device = resolve_device(device)
     model, cfg = load_checkpoint(run, checkpoint, device)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rcic import images, metadata, rules
+from rcic.data import images, metadata, rules
 
 
 @dataclass

@@ -17,7 +17,7 @@ their own shapes and markers, then image formation) and is built so that a scree
   be told from one away from it, and the demo recipe stayed at chance:
   benchmarks/results/learnability_v3.txt.)
 - Effects on brightness, size, texture, clustering and cell states are damped (``DAMPED``) until
-  the leak audit (``rcic.baselines.leak_audit``) showed none of them moving any of the
+  the leak audit (``rcic.synthetic.baselines.leak_audit``) showed none of them moving any of the
   baselines' 42 statistics by more than half their well-to-well spread (shift - 2 standard
   errors) on the plates it audited; direct intensity effects (``INTENSITY_DIMS``) are tiny. The
   arrangement dims do move some statistics (a polarity the foreground fraction of its channel
@@ -84,7 +84,7 @@ N_MORPH = len(MORPH_DIMS)
 # alignment) keeps a stain's pixel values and moves only where they lie; dims that change
 # brightness, covered area or texture (sizes, spread, granularity, clustering, cell states) are
 # damped so that image-wide statistics cannot read them (the leak audit:
-# rcic.baselines.leak_audit, tests/test_difficulty.py).
+# rcic.synthetic.baselines.leak_audit, tests/test_difficulty.py).
 DAMPED = {
     "nucleus_size": 0.012,
     "chromatin_granularity": 0.02,

@@ -110,7 +110,7 @@ def choose_path(cfg, device: torch.device, model, size: int, batch: int, loss_fn
 
 def probe(model, cfg, size: int, batch: int, loss_fn, bf16: bool, channels_last: bool) -> float:
     """Images/s of a few training steps of a copy of `model` in one path (the model is untouched)."""
-    from rcic.train import make_optimizer
+    from rcic.training.optim import make_optimizer
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     trial = copy.deepcopy(model).to(memory_format=fmt).train()

@@ -1,5 +1,5 @@
 """Classifying embeddings: batch correction with control wells and heads for `rcic embed-head`
-(profiles for profiling users, corrected through pycytominer, live in `rcic.profiles`).
+(profiles for profiling users, corrected through pycytominer, live in `rcic.profiling.profiles`).
 
 numpy, scipy and scikit-learn only. Embeddings come from `rcic embed` (the CNN's neck, with the
 same test-time augmentation as prediction) in the logits-file style: ``id_code``, ``embedding``

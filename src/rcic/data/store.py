@@ -1,10 +1,10 @@
-"""Reading the packed image store (`SiteStore`); packing it is rcic.packing.
+"""Reading the packed image store (`SiteStore`); packing it is rcic.data.packing.
 
 Layout of a store folder::
 
     STORE/
       store.json   what was packed (size, channels, compression, source) and whether it is complete
-      index.csv    one row per site, in array order (the site table of rcic.metadata + `idx`)
+      index.csv    one row per site, in array order (the site table of rcic.data.metadata + `idx`)
       sites.zarr/  arrays `images` (N, 6, S, S) uint8 chunked one site per chunk, so a site is one
                    contiguous read; `state` (N,) 0 todo / 1 packed / 2 unreadable; `sums` (N, 6, 2)
                    per-site pixel sums and sums of squares, from which plate statistics are made
@@ -14,7 +14,7 @@ Layout of a store folder::
 Packing is resumable: sites are marked packed only after their chunk is written, so a run that is
 interrupted and started again redoes at most the sites that were in flight.
 
-Packing (rcic.packing) can be split over machines sharing the store's folder: ``pack(..., part=(k, n))`` (``rcic
+Packing (rcic.data.packing) can be split over machines sharing the store's folder: ``pack(..., part=(k, n))`` (``rcic
 prepare --part K/N``) packs the plates dealt to part k of n (plates in sorted order, every n-th).
 Parts write their sites' images into the one `images` array (one chunk per site, so parts never
 write the same file) and their progress into arrays of their own (`state.K-of-N`, `sums.K-of-N`,
@@ -111,8 +111,8 @@ class SiteStore:
 
     @property
     def views(self) -> tuple[int, ...]:
-        """The dihedral views (rcic.data.dihedral) that keep what the store's images share:
-        all 8, or those that keep an aligned cell store's alignment (rcic.cells)."""
+        """The dihedral views (rcic.training.batches.dihedral) that keep what the store's images share:
+        all 8, or those that keep an aligned cell store's alignment (rcic.data.cells)."""
         return tuple(int(k) for k in self.meta.get("views", range(8)))
 
     def _arrays(self):

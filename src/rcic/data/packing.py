@@ -1,5 +1,5 @@
 """Packing the image store: every site's 6 PNGs decoded once into a chunked zarr array, resumable
-and splittable over machines (the store's layout: rcic.store)."""
+and splittable over machines (the store's layout: rcic.data.store)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from rcic import layout
+from rcic.data.images import ImageReadError, load_site, site_path
+from rcic.data.metadata import SITE_COLUMNS
+from rcic.data.store import FAILED, PACKED, TODO
 from rcic.errors import InputError, StoreError
 from rcic.fileio import atomic_csv, atomic_text, make_dir
-from rcic.images import ImageReadError, load_site, site_path
-from rcic.metadata import SITE_COLUMNS
 from rcic.parallel import ordered_map
-from rcic.store import FAILED, PACKED, TODO
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def pack(
 
     Args:
         data_dir: dataset folder holding ``train/`` and ``test/``.
-        sites: the site table from :func:`rcic.metadata.load_metadata`.
+        sites: the site table from :func:`rcic.data.metadata.load_metadata`.
         out: store folder; created, or resumed if it holds the same sites and size.
         size: resize sites to size x size (area averaging); default: the images' own size.
         workers: decoding processes (default: all cores).

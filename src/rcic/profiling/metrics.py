@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from rcic.data.tables import feature_columns, metadata_columns
 from rcic.errors import InputError
-from rcic.profiles import feature_columns, metadata_columns
 
 NULL_SIZE = 10000  # permutations of copairs' null for the mAP p-values
 THRESHOLD = 0.05  # on the corrected p-values: "retrieved"

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from rcic import layout
+from rcic.data.store import SiteStore
 from rcic.errors import InputError
-from rcic.store import SiteStore
 
 FEATURES = ("mean", "std", "p50", "p90", "p99", "foreground", "texture")
 # the 42 statistics of a well, channel-major as `site_features` returns them
@@ -191,8 +191,8 @@ def leak_audit(
     name, cell type and experiment; and the `amplitude` before scaling. `dims` audits only those
     dimensions; `workers` processes share the plates and dimensions.
     """
-    from rcic import cellsim
     from rcic.parallel import ordered_map
+    from rcic.synthetic import cellsim
 
     pheno = cellsim.sirna_phenotypes(strength, n_pathways, seed)
     amplitude = _strong(pheno, quantile)
@@ -221,7 +221,7 @@ def _strong(pheno, quantile: float) -> np.ndarray:
 def _audit_rows(chosen, amplitude, shift, se, units) -> pd.DataFrame:
     """One row per audited dimension: its largest raw shift and upper bound, and the statistic
     and plate with its largest bound."""
-    from rcic import cellsim
+    from rcic.synthetic import cellsim
 
     bound, upper = shift - 2 * se, shift + 2 * se
     rows = []
@@ -262,7 +262,7 @@ class _AuditWells:
     """Control wells of one cell type on one plate, rendered with and without a phenotype."""
 
     def __init__(self, pheno, ct, exp, n_wells, n_sites, image_size, cell_radius, seed):
-        from rcic import cellsim
+        from rcic.synthetic import cellsim
 
         self.batch = cellsim.plate_batch(seed, exp, 1)
         self.size, self.radius, self.seed, self.n_sites = image_size, cell_radius, seed, n_sites
@@ -278,7 +278,7 @@ class _AuditWells:
         self.sd = self.base.std(0, ddof=1) + 1e-9
 
     def _render(self, cond, k: int) -> np.ndarray:
-        from rcic import cellsim
+        from rcic.synthetic import cellsim
 
         imgs = [
             cellsim.render_site(
@@ -295,7 +295,7 @@ class _AuditWells:
     def shift(self, dim: int, amount: float) -> tuple[np.ndarray, np.ndarray]:
         """|mean paired change| / well-to-well sd of every statistic with `dim` set to `amount`
         times the experiment's phenotype scale, and its standard error."""
-        from rcic import cellsim
+        from rcic.synthetic import cellsim
 
         effect = np.zeros(cellsim.N_DIMS, np.float32)
         effect[dim] = amount * self.batch.pheno_scale

@@ -1,6 +1,6 @@
 """CellProfiler measurements of segmented cells (cp-measure), per cell and per well.
 
-`rcic features --kind cellprofiler` segments every site (rcic.segment: nuclei, cells, cytoplasm),
+`rcic features --kind cellprofiler` segments every site (rcic.data.segment: nuclei, cells, cytoplasm),
 measures each compartment in all six channels with cp-measure (CellProfiler's measurement modules
 as numpy functions, from CellProfiler's own lab) and names each feature as CellProfiler does:
 ``{Compartment}_{Module}_{Measurement}_{Channel}[_{parameters}]``, e.g.
@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from rcic import layout
+from rcic.data.segment import OBJECTS, Segmenter
 from rcic.errors import InputError
-from rcic.segment import OBJECTS, Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def measure_site(image: np.ndarray, labels: np.ndarray, measurements: Measuremen
 
     Args:
         image: (6, H, W) uint8 site.
-        labels: (3, H, W) nuclei, cells and cytoplasm labels (rcic.segment).
+        labels: (3, H, W) nuclei, cells and cytoplasm labels (rcic.data.segment).
     """
     from cp_measure.featurizer import featurize
 
@@ -183,7 +183,7 @@ def profile_columns(cells: pd.DataFrame) -> list[str]:
 def well_medians(cells: pd.DataFrame, features: list[str]) -> pd.DataFrame:
     """pycytominer's `aggregate` (median) of `cells` per ``Metadata_id_code``, with
     ``Metadata_n_cells``."""
-    from rcic.profiles import _pycytominer, _quiet
+    from rcic.profiling.profiles import _pycytominer, _quiet
 
     med = _quiet(
         _pycytominer().aggregate,

@@ -1,6 +1,6 @@
 """`rcic features --kind cellprofiler` over a whole store: plate by plate, in parallel, resumable.
 
-Each plate is one job (a worker process segments and measures its sites, rcic.cpfeatures) and
+Each plate is one job (a worker process segments and measures its sites, rcic.profiling.cpfeatures) and
 leaves one file: its wells' median profiles in ``OUT.parts/``, and, when asked, its cells in
 ``CELLS/`` (a folder of Parquet files, one per plate, that pandas and pyarrow read as one table)
 and its labels in a zarr array beside the store's sites. A plate whose file exists is not measured
@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from rcic import cpfeatures
+from rcic.data.segment import OBJECTS, Segmenter
 from rcic.errors import InputError
 from rcic.fileio import atomic_path, make_dir
-from rcic.segment import OBJECTS, Segmenter
+from rcic.profiling import cpfeatures
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def measure_plate(job: FeatureJob) -> int:
     cells it held."""
     import zarr
 
-    from rcic.store import SiteStore
+    from rcic.data.store import SiteStore
 
     _accelerate()
     store = SiteStore(job.store)
@@ -120,10 +120,10 @@ def cellprofiler_table(
     masks: str | Path | None = None,
 ) -> pd.DataFrame | None:
     """Measure every plate of `sites` (those dealt to `part`) not measured yet; once every plate
-    is, return the per-well profile table (for `rcic.profiles.write_table`), else None. `segmenter`
-    and `measurements` default to rcic.segment's and rcic.cpfeatures' defaults."""
-    from rcic.packing import part_mask
-    from rcic.store import SiteStore
+    is, return the per-well profile table (for `rcic.tables.write_table`), else None. `segmenter`
+    and `measurements` default to rcic.data.segment's and rcic.profiling.cpfeatures' defaults."""
+    from rcic.data.packing import part_mask
+    from rcic.data.store import SiteStore
 
     segmenter = segmenter or Segmenter()
     measurements = measurements or cpfeatures.Measurements()
@@ -191,7 +191,7 @@ def _open_masks(path, n_sites: int, size: int) -> None:
 def combine(index: pd.DataFrame, parts: Path) -> pd.DataFrame | None:
     """The profile table of every well of `index`, once each of its plates has a file in `parts`
     (None before); wells without cells and features missing in a well take the plate's median."""
-    from rcic.profiles import make_table, metadata_frame
+    from rcic.data.tables import make_table, metadata_frame
 
     files = {plate_name(*k): k for k in index.groupby(["split", "experiment", "plate"]).groups}
     missing = [n for n in files if not (parts / f"{n}.parquet").exists()]

@@ -19,12 +19,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from rcic import cellsim, layout, rules
+from rcic import layout
+from rcic.data import rules
+from rcic.data.images import write_png
+from rcic.data.metadata import load_metadata, wells_of
 from rcic.errors import InputError
 from rcic.fileio import atomic_csv, atomic_text
-from rcic.images import write_png
-from rcic.metadata import load_metadata, wells_of
 from rcic.parallel import ordered_map
+from rcic.synthetic import cellsim
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class Preset:
         image_size: site width and height in pixels (512 in RxRx1).
         cell_radius: typical cell radius in pixels.
         missing_wells: treatment wells dropped across the screen (RxRx1 plates hold 272..277).
-        strength: median size of an siRNA's phenotype (see rcic.cellsim.sirna_phenotypes).
+        strength: median size of an siRNA's phenotype (see rcic.synthetic.cellsim.sirna_phenotypes).
         n_pathways: siRNAs are drawn from this many pathways sharing part of their phenotype.
     """
 

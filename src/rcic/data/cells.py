@@ -42,15 +42,15 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from rcic import layout
+from rcic.data.store import FAILED, PACKED, SiteStore
 from rcic.errors import InputError
 from rcic.fileio import atomic_csv, atomic_text, make_dir
-from rcic.store import FAILED, PACKED, SiteStore
 
 log = logging.getLogger(__name__)
 
 SHARD = 256  # cells per shard file; each cell is its own inner chunk (one partial read)
 
-# The dihedral views (rcic.data.dihedral: k < 4 turns by k quarter turns, k >= 4 mirrors
+# The dihedral views (rcic.training.batches.dihedral: k < 4 turns by k quarter turns, k >= 4 mirrors
 # left-right first) that keep an alignment: a horizontal axis survives the half turn (2) and both
 # mirrors (4: left-right, 6: top-bottom); a cell body on the right survives only the top-bottom one.
 ALIGN_VIEWS = {"none": tuple(range(8)), "axis": (0, 2, 4, 6), "front": (0, 6)}

@@ -1,6 +1,6 @@
 """The training loop: resumable, data-parallel under torchrun.
 
-`train` leaves a run folder (layout and checkpoint format in :mod:`rcic.runs`); the loop's
+`train` leaves a run folder (layout and checkpoint format in :mod:`rcic.training.runs`); the loop's
 state (model, optimiser, loaders, epoch, best score) lives in one :class:`Trainer`.
 """
 
@@ -21,8 +21,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rcic.config import ConfigError, TrainConfig
-from rcic.data import (
+from rcic.data.store import SiteStore, StoreError
+from rcic.errors import TrainingError
+from rcic.metrics import accuracy_table, treatment_argmax
+from rcic.training.batches import (
     BatchTransform,
     EpochBatches,
     SiteDataset,
@@ -31,7 +33,8 @@ from rcic.data import (
     mix_batch,
     plate_norm_stats,
 )
-from rcic.distributed import (
+from rcic.training.config import ConfigError, TrainConfig
+from rcic.training.distributed import (
     Dist,
     all_reduce_sum,
     any_rank,
@@ -41,43 +44,14 @@ from rcic.distributed import (
     setup_distributed,
     sync_batchnorm,
 )
-from rcic.errors import TrainingError
-from rcic.metrics import accuracy_table, treatment_argmax
-from rcic.models import build_model, compute_loss
-from rcic.precision import PATHS, ComputePath, ThreadGuard, autocast, choose_path, use_bf16
-from rcic.runs import RunFolder, environment, restore, run_log, training_state
-from rcic.samples import Samples, select_samples
-from rcic.store import SiteStore, StoreError
-from rcic.tta import infer, sum_by_well
+from rcic.training.infer import infer, sum_by_well
+from rcic.training.models import build_model, compute_loss
+from rcic.training.optim import make_optimizer, make_scheduler
+from rcic.training.precision import PATHS, ComputePath, ThreadGuard, autocast, choose_path, use_bf16
+from rcic.training.runs import RunFolder, environment, restore, run_log, training_state
+from rcic.training.samples import Samples, select_samples
 
 log = logging.getLogger(__name__)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=cfg.lr)
-
-
-def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
-    """Linear warm-up, then cosine decay to zero, stepped once per optimiser step."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def check_input_size(model, cfg: TrainConfig, size: int, device) -> None:
@@ -110,7 +84,7 @@ def train(
 
     Args:
         cfg: the run's configuration.
-        sites: site table of the dataset (``rcic.metadata.load_metadata``).
+        sites: site table of the dataset (``rcic.data.metadata.load_metadata``).
         store_path: packed store of the same dataset.
         out: run folder.
         resume: continue from ``out/checkpoints/last.pt``.
@@ -163,7 +137,7 @@ def _samples(cfg: TrainConfig, ctx, sites, st, folder: RunFolder, resume: bool) 
 
 def _compute_path(cfg: TrainConfig, ctx, model, size: int, resumed: RunFolder | None):
     """The precision and memory format of the run: a resumed run keeps the one it recorded; rank
-    0 chooses for every rank (rcic.precision)."""
+    0 chooses for every rank (rcic.training.precision)."""
     if resumed is not None:
         env = json.loads(resumed.env.read_text()) if resumed.env.exists() else {}
         if env.get("path") in PATHS:

@@ -2,7 +2,7 @@
 
 numpy and scipy only. Every test plate holds one group of siRNAs, each at most once; an
 experiment's plates take the groups in one of the orders the training plates allow
-(:meth:`rcic.rules.PlateGroups.candidate_orders`). Given per-well log-probabilities:
+(:meth:`rcic.data.rules.PlateGroups.candidate_orders`). Given per-well log-probabilities:
 
 group choice (per experiment, over the candidate orders), by one of
   ``vote``     each plate on its own: the group most argmaxes fall in (the bronze-medal way);
@@ -35,11 +35,12 @@ import numpy as np
 
 from rcic import layout
 from rcic.errors import InputError, SubmissionError
+from rcic.inference.calibration import log_softmax, logsumexp
 
 if TYPE_CHECKING:  # the CLI's parser imports this module: keep it light
     import pandas as pd
 
-    from rcic.rules import PlateGroups
+    from rcic.data.rules import PlateGroups
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +58,6 @@ WELL_DECISIONS = {
     "sinkhorn_assign": "one siRNA per well per plate: assignment maximising the summed "
     "one-per-plate marginals",
 }
-
-
-def log_softmax(x: np.ndarray, axis: int = 1, dtype=np.float32, copy: bool = True) -> np.ndarray:
-    """log-softmax along `axis` in `dtype`, in place on `x` when `copy` is False and `x` already has
-    that dtype. float32 (the default) is several times faster than scipy's float64 one on a whole
-    test set and exact to ~1e-6 in the log-probabilities the plate stages compare."""
-    x = np.array(x, dtype=dtype, copy=copy or x.dtype != dtype)
-    x -= x.max(axis=axis, keepdims=True)
-    total = np.exp(x).sum(axis=axis, keepdims=True)
-    x -= np.log(total, out=total)
-    return x
-
-
-def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
-    top = x.max(axis=axis, keepdims=True)
-    return (np.log(np.exp(x - top).sum(axis=axis, keepdims=True)) + top).squeeze(axis)
 
 
 def treatment_log_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -114,7 +99,7 @@ def group_log_probs(lp: np.ndarray, pg: PlateGroups) -> np.ndarray:
     tiny = (mass < 1e-30).any(axis=1)
     if tiny.any():
         rows = lp[tiny]
-        out[tiny] = np.stack([_logsumexp(rows[:, g], axis=1) for g in pg.groups], axis=1)
+        out[tiny] = np.stack([logsumexp(rows[:, g], axis=1) for g in pg.groups], axis=1)
     return out
 
 
@@ -181,7 +166,7 @@ def order_posterior(
     ll = np.array(
         [sum(s[o[p - 1]] for p, s in plate_glp.items() if p - 1 < len(o)) for o in orders]
     )
-    post = np.exp(ll - _logsumexp(ll, axis=0))
+    post = np.exp(ll - logsumexp(ll, axis=0))
     return dict(zip(orders, post.tolist(), strict=True))
 
 
@@ -274,7 +259,7 @@ def sinkhorn(lp: np.ndarray, iterations: int = 100, tol: float = 1e-6) -> np.nda
     x = _with_absent_wells(np.asarray(lp, dtype=np.float64))
     x = x - x.max(axis=1, keepdims=True)
     out = _balance(x, iterations, tol)
-    return out[:n] - _logsumexp(out[:n], axis=1)[:, None]
+    return out[:n] - logsumexp(out[:n], axis=1)[:, None]
 
 
 def _with_absent_wells(lp: np.ndarray) -> np.ndarray:
@@ -455,7 +440,7 @@ def _decide_over_groups(
     for i, (k, w) in enumerate(weights.items()):
         span = slice(start[i], start[i + 1])
         sub = lp[:, pg.groups[k]].astype(np.float64)
-        group_score[:, span] = np.log(w) + sub - _logsumexp(sub, axis=1)[:, None]
+        group_score[:, span] = np.log(w) + sub - logsumexp(sub, axis=1)[:, None]
         if well_score is not None:
             well_score[:, span] = np.log(w) + _decision_marginals(sub, sharpen)
         if marginal is not None:
@@ -474,25 +459,6 @@ def _decide_over_groups(
 
 
 # --- calibration from the plate structure -----------------------------------------------------
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the held-out negative log-likelihood over the treatment classes
-    (labels < 0 are ignored); what `rcic predict --split FOLD` stores in its logits file."""
-    from scipy.optimize import minimize_scalar
-
-    known = labels >= 0
-    if not known.any():
-        raise InputError("cannot fit a temperature: no labelled wells")
-    z = logits[known, : layout.N_TREATMENTS].astype(np.float64)
-    y = labels[known]
-
-    def nll(log_t: float) -> float:
-        lp = log_softmax(z / np.exp(log_t), dtype=np.float64, copy=False)
-        return -lp[np.arange(len(y)), y].mean()
-
-    res = minimize_scalar(nll, bounds=(np.log(0.01), np.log(100.0)), method="bounded")
-    return float(np.exp(res.x))
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from rcic import layout
+from rcic.data.store import SiteStore
 from rcic.errors import InputError
-from rcic.store import SiteStore
 
 log = logging.getLogger(__name__)
 

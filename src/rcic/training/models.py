@@ -15,8 +15,8 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from rcic import layout
-from rcic.config import ConfigError, TrainConfig
 from rcic.errors import InputError, MissingFileError
+from rcic.training.config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+"""Inference: predictions with test-time augmentation, embeddings, logits files and the
+model's temperature."""

@@ -1,0 +1,2 @@
+"""Plate post-processing (siRNA groups, plate orders, one siRNA per well, calibration from the
+plates) and submissions."""
