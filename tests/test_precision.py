@@ -48,8 +48,11 @@ def test_auto_on_a_cpu_probes_every_path_keeps_the_fastest_and_caches_it(monkeyp
     again = _choose()
     assert len(probed) == 4 and (again.name, again.how) == ("bf16 channels-last", "cache")
     assert again.speeds == ALL  # the guard's reference survives the cache
+    assert _choose("head=softmax", "embedding_dim=64").how == "cache"  # the same backbone
+    assert len(probed) == 4
     _timed(monkeypatch, {**ALL, "fp32": 200.0})
-    assert _choose("backbone=resnet34").name == "fp32"  # another model: its own probe
+    assert _choose("backbone=resnet34").name == "fp32"  # another backbone: its own probe
+    assert _choose("stem_pool=false").how == "probe"  # twice the feature map: its own probe
 
 
 def test_a_fixed_precision_or_format_narrows_the_probe(monkeypatch):

@@ -144,7 +144,8 @@ def _cache_key(cfg, size: int, batch: int, candidates: list[str]) -> str:
         lines = info.read_text().splitlines()
         cpu = next((ln for ln in lines if ln.startswith("model name")), cpu)
         cpu += next((ln for ln in lines if ln.startswith("flags")), "")
-    model = (cfg.backbone, cfg.embedding_dim, cfg.head)
+    # the backbone sets the cost of a step; a neck and head of a few matrix products do not
+    model = (cfg.backbone, cfg.stem_pool)
     parts = [cpu, torch.__version__, torch.get_num_threads(), model, size, batch, candidates]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
