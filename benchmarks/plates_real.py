@@ -50,7 +50,7 @@ BIASES = (0.0, 0.7)
 TEMPERATURES = ("absent", "right", "4x small", "4x large")
 SHARPENS = (0.25, 0.35, 0.5)
 CALIBRATE = ("off", "auto")
-WELL_METHODS = ("sinkhorn", "sinkhorn_assign")
+WELL_METHODS = ("sinkhorn", "sinkhorn_hungarian")
 
 
 def variant(method: str, sharpen: float, calibrate: str) -> str:
@@ -85,13 +85,13 @@ def one_cell(test, pg, signal, bias, condition, seed) -> list[dict]:
     t = stored_temperature(condition, right)
     lp = plates.treatment_log_probs(z, t or 1.0)
     key = {"signal": signal, "bias": bias, "temperature": condition, "seed": seed}
-    winner = accuracy(lp, test, pg, group_method="counts", well_method="assign", calibrate="off")
+    winner = accuracy(lp, test, pg, group_method="counts", well_method="hungarian", calibrate="off")
     rows = [{**key, "method": "winner", "acc": winner}]
     for mode in CALIBRATE:
         # calibrate_plates is what make_submission runs first; done once here for every sharpening
         lp_m, cal = calibrate_plates(lp, test, pg, mode, "loglik", stored=t is not None)
         if mode == "auto":
-            acc = accuracy(lp_m, test, pg, well_method="assign", calibrate="off")
+            acc = accuracy(lp_m, test, pg, well_method="hungarian", calibrate="off")
             rows.append({**key, "method": "hungarian", "acc": acc})
             ratio = cal["estimate"] * (t or 1.0) / right  # the estimate is relative to lp's scale
             rows.append({**key, "method": "estimate/right", "acc": ratio})

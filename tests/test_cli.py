@@ -197,3 +197,14 @@ def test_old_spellings_of_the_dataset_folder_work_with_a_warning(tiny_screen, tm
         == 0
     )
     assert "--stages assign is deprecated" in caplog.text
+    # the spellings of 0.1.0: --mode logits is --combine mean, assign is hungarian
+    base = ["submit", "--logits", str(logits), "--data", str(tiny_screen), "--calibrate", "off"]
+    out = {k: tmp_path / f"{k}.csv" for k in ("old", "new")}
+    caplog.clear()
+    old = ["--mode", "logits", "--well-method", "assign", "--out", str(out["old"])]
+    assert cli.main([*base, *old]) == 0
+    assert "--mode logits is deprecated: use --combine mean" in caplog.text
+    assert "'assign' is deprecated: use 'hungarian'" in caplog.text
+    new = ["--combine", "mean", "--well-method", "hungarian", "--out", str(out["new"])]
+    assert cli.main([*base, *new]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out["old"]), pd.read_csv(out["new"]))

@@ -93,13 +93,13 @@ def test_assignment_is_distinct_and_optimal_by_brute_force():
     for n, m in [(4, 4), (3, 5), (5, 6), (6, 6)]:
         for _ in range(5):
             lp = np.log(rng.dirichlet(np.ones(m), size=n))
-            choice = plates.decide_plate(lp, "assign")
+            choice = plates.decide_plate(lp, "hungarian")
             assert len(set(choice)) == n
             best = max(
                 sum(lp[i, p[i]] for i in range(n)) for p in itertools.permutations(range(m), n)
             )
             assert lp[np.arange(n), choice].sum() == pytest.approx(best)
-            sa = plates.decide_plate(lp, "sinkhorn_assign")
+            sa = plates.decide_plate(lp, "sinkhorn_hungarian")
             assert len(set(sa)) == n
 
 
@@ -149,7 +149,7 @@ def test_sinkhorn_with_missing_wells_tracks_the_exact_marginals():
 def test_more_wells_than_siRNAs_falls_back_with_warning(caplog):
     lp = np.log(np.random.default_rng(2).dirichlet(np.ones(3), size=5))
     with caplog.at_level(logging.WARNING):
-        choice = plates.decide_plate(lp, "assign")
+        choice = plates.decide_plate(lp, "hungarian")
     assert "surplus wells" in caplog.text
     assert len(choice) == 5 and len(set(choice)) == 3
 
@@ -167,7 +167,7 @@ def test_submission_and_stage_scores(tiny_screen, tmp_path):
         tiny_screen,
         tmp_path / "sub.csv",
         labels=tiny_screen / "test_labels.csv",
-        well_method="assign",
+        well_method="hungarian",
     )
     sub = pd.read_csv(tmp_path / "sub.csv")
     assert sub.id_code.tolist() == pd.read_csv(tiny_screen / "test.csv").id_code.tolist()
@@ -318,7 +318,7 @@ def test_submit_and_evaluate_do_not_import_torch(tiny_screen, tmp_path):
     assert "torch imported: False" in out.stdout, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("method", ["assign", "sinkhorn_assign"])
+@pytest.mark.parametrize("method", ["hungarian", "sinkhorn_hungarian"])
 def test_one_per_plate_decisions_never_repeat_an_sirna(tiny_screen, method):
     _, test, labels = _truth(tiny_screen)
     wells = metadata.wells_of(metadata.load_metadata(tiny_screen))
@@ -408,7 +408,7 @@ def test_make_submission_works_in_memory(tiny_screen):
     lp = plates.treatment_log_probs(_simulated_logits(labels, 4.0), 0.25)
     pg = rules.discover_groups(wells)
     res = submit.make_submission(
-        lp, test, pg, submit.SubmitOptions(well_method="assign"), truth=labels
+        lp, test, pg, submit.SubmitOptions(well_method="hungarian"), truth=labels
     )
     assert list(res.submission.id_code) == list(test.id_code)
     assert res.scores["wells"]["overall"] >= res.scores["ensemble"]["overall"]

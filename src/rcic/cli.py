@@ -371,7 +371,9 @@ def _add_predict(sub) -> None:
         help="average logits (default) or log-probabilities",
     )
     p.add_argument(
-        "--temperature", type=float, help="store this temperature (e.g. the one fitted on a fold)"
+        "--temperature",
+        type=float,
+        help="the logits' temperature (they are divided by it), stored in the file for `rcic submit`",
     )
     p.add_argument(
         "--temperature-from", type=Path, help="copy the temperature stored in this logits file"
@@ -433,11 +435,13 @@ def _add_submit(sub) -> None:
         "--weights", type=float, nargs="+", action="extend", help="one weight per logits file"
     )
     p.add_argument(
-        "--mode",
-        choices=["logprob", "logits"],
+        "--combine",
+        choices=["logprob", "mean"],
         default="logprob",
-        help="average log-probabilities or logits",
+        help="average the files' log-probabilities (default) or their logits (mean), as `rcic "
+        "predict --combine` averages views",
     )
+    p.add_argument("--mode", choices=["logprob", "logits"], help=argparse.SUPPRESS)  # 0.1.0
     _add_data_arg(p, old_flag="--metadata")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     p.add_argument(
@@ -468,6 +472,7 @@ def _add_plate_options(p) -> None:
         CALIBRATE_DEFAULT,
         GROUP_DEFAULT,
         GROUP_METHODS,
+        OLD_WELL_METHODS,
         SHARPEN,
         WELL_METHOD_DEFAULT,
         WELL_METHODS,
@@ -476,7 +481,11 @@ def _add_plate_options(p) -> None:
     p.add_argument(
         "--stages", default="ensemble,groups,wells", help="comma-separated stages to run"
     )
-    p.add_argument("--temperature", type=float, help="override the files' temperatures")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help="the logits' temperature (they are divided by it), in place of what the files store",
+    )
     p.add_argument(
         "--calibrate",
         choices=CALIBRATE,
@@ -488,9 +497,10 @@ def _add_plate_options(p) -> None:
     p.add_argument("--group-method", choices=GROUP_METHODS, default=GROUP_DEFAULT)
     p.add_argument(
         "--well-method",
-        choices=WELL_METHODS,
+        choices=[*WELL_METHODS, *OLD_WELL_METHODS],
         default=WELL_METHOD_DEFAULT,
-        help="how each plate's wells get their siRNA (see docs/plates.md)",
+        help="how each plate's wells get their siRNA (see docs/plates.md; assign and "
+        "sinkhorn_assign are the deprecated names of hungarian and sinkhorn_hungarian)",
     )
     p.add_argument(
         "--sharpen",
@@ -518,7 +528,7 @@ def cmd_submit(args) -> int:
         args.data,
         args.out,
         weights=args.weights,
-        mode=args.mode,
+        combine=_combine(args),
         labels=args.labels,
         stages=stages,
         temperature=args.temperature,
@@ -532,7 +542,7 @@ def cmd_submit(args) -> int:
         reference=args.reference,
     )
     print(f"wrote {args.out} ({len(res.submission)} wells)")
-    _print_submit_summary(res, stages, args.well_method)
+    _print_submit_summary(res, stages, res.options.well_method)
     return 0
 
 
@@ -745,8 +755,9 @@ def _add_profiles(sub) -> None:
     p.add_argument("--relationships", type=Path, help="CSV entity1,entity2 of known pairs")
     p.add_argument("--truth", type=Path, help="synth.json of a synthetic screen (pathways)")
     p.add_argument(
-        "--evaluate", default="all", help="split whose wells the metrics use (all, train, test)"
+        "--split", default="all", help="split whose wells the metrics use (all, train, test)"
     )
+    p.add_argument("--evaluate", help=argparse.SUPPRESS)  # 0.1.0's name of --split
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.set_defaults(func=cmd_profiles)
 
@@ -762,7 +773,7 @@ def cmd_profiles(args) -> int:
         epsilon,
         args.relationships,
         args.truth,
-        args.evaluate,
+        _profiles_split(args),
     )
     a = m["activity"]
     print(f"wrote {args.out}: activity mAP {a['mAP']:.3f}, retrieved {a['fraction_retrieved']:.3f}")
@@ -780,6 +791,22 @@ def _stage_name(name: str) -> str:
         _deprecated("--stages assign", "--stages wells")
         return "wells"
     return name
+
+
+def _profiles_split(args) -> str:
+    if args.evaluate is None:
+        return args.split
+    _deprecated(f"--evaluate {args.evaluate}", f"--split {args.evaluate}")
+    return args.evaluate
+
+
+def _combine(args) -> str:
+    """--combine, or the deprecated --mode of 0.1.0 (logits: the mean of logits)."""
+    if args.mode is None:
+        return args.combine
+    new = {"logprob": "logprob", "logits": "mean"}[args.mode]
+    _deprecated(f"--mode {args.mode}", f"--combine {new}")
+    return new
 
 
 def _deprecated(old: str, new: str) -> None:

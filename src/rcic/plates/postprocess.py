@@ -17,12 +17,12 @@ well decision (per plate, within its group; under ``marginal``, the ``sinkhorn``
 decisions are weighted over the plate's groups, the one-to-one ones take the most likely order),
 by one of
   ``argmax``   each well its most likely siRNA of the group;
-  ``assign``   the maximum-likelihood one-to-one assignment (Hungarian, rectangular if wells are
+  ``hungarian`` the maximum-likelihood one-to-one assignment (rectangular if wells are
                missing) -- the winning solution's way;
   ``sinkhorn`` per-well argmax of Sinkhorn-balanced calibrated probabilities (sharpened, see
                :func:`decide_plate`): the marginals under the one-per-plate constraint, which
                maximise expected accuracy, approximately;
-  ``sinkhorn_assign``  the one-to-one assignment maximising the summed Sinkhorn marginals.
+  ``sinkhorn_hungarian``  the one-to-one assignment maximising the summed Sinkhorn marginals.
 """
 
 from __future__ import annotations
@@ -48,14 +48,16 @@ GROUP_METHODS = ("vote", "counts", "probsum", "loglik", "joint", "marginal")
 # the group method rcic submit uses: chosen on TUNE plate maps and reported on others
 # (benchmarks/plates_soft.py)
 GROUP_DEFAULT = "loglik"
-WELL_METHODS = ("argmax", "assign", "sinkhorn", "sinkhorn_assign")
+WELL_METHODS = ("argmax", "hungarian", "sinkhorn", "sinkhorn_hungarian")
+# the names of 0.1.0, accepted with a warning until 0.3
+OLD_WELL_METHODS = {"assign": "hungarian", "sinkhorn_assign": "sinkhorn_hungarian"}
 # What each well decision is, in words (stages.json, the terminal summary and the report say it).
 WELL_DECISIONS = {
     "argmax": "per-well argmax within the plate's group (may repeat an siRNA on a plate)",
-    "assign": "one siRNA per well per plate: maximum-likelihood assignment (Hungarian)",
+    "hungarian": "one siRNA per well per plate: maximum-likelihood assignment (Hungarian)",
     "sinkhorn": "expected-accuracy decision: per-well argmax of the one-per-plate marginals "
     "(Sinkhorn); may repeat an siRNA on a plate",
-    "sinkhorn_assign": "one siRNA per well per plate: assignment maximising the summed "
+    "sinkhorn_hungarian": "one siRNA per well per plate: assignment maximising the summed "
     "one-per-plate marginals",
 }
 
@@ -302,6 +304,18 @@ WELL_METHOD_DEFAULT = "sinkhorn"
 DECISION_TOL = 1e-3
 
 
+def well_method_name(method: str) -> str:
+    """`method` checked against WELL_METHODS; a name of 0.1.0 (``assign``, ``sinkhorn_assign``)
+    is taken with a warning."""
+    if method in OLD_WELL_METHODS:
+        new = OLD_WELL_METHODS[method]
+        log.warning("well method %r is deprecated: use %r (removed in 0.3)", method, new)
+        method = OLD_WELL_METHODS[method]
+    if method not in WELL_METHODS:
+        raise InputError(f"well method {method!r}: expected one of {WELL_METHODS}")
+    return method
+
+
 def decide_plate(
     lp_group: np.ndarray, method: str = WELL_METHOD_DEFAULT, sharpen: float = SHARPEN
 ) -> np.ndarray:
@@ -313,8 +327,7 @@ def decide_plate(
     plate maps with simulated logits, on one set of held-out experiments, and reported on another
     (benchmarks/results/plates_real.txt).
     """
-    if method not in WELL_METHODS:
-        raise InputError(f"well method {method!r}: expected one of {WELL_METHODS}")
+    method = well_method_name(method)
     n, m = lp_group.shape
     if method == "argmax":
         return lp_group.argmax(1)
@@ -330,7 +343,7 @@ def decide_plate(
         choice[rows] = cols
         return choice
     rows, cols = linear_sum_assignment(
-        np.exp(score) if method == "sinkhorn_assign" else score, maximize=True
+        np.exp(score) if method == "sinkhorn_hungarian" else score, maximize=True
     )
     choice = np.empty(n, dtype=np.int64)
     choice[rows] = cols

@@ -3,7 +3,7 @@
 Stages: ``ensemble`` (weighted mean of the files, argmax over treatments), ``groups`` (each test
 experiment's plate groups chosen, siRNAs outside a plate's group masked) and ``wells`` (the well
 decision: each well's siRNA within its plate's group, by the chosen ``well_method``; only
-``assign`` and ``sinkhorn_assign`` never repeat an siRNA on a plate).
+``hungarian`` and ``sinkhorn_hungarian`` never repeat an siRNA on a plate).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from rcic.plates.postprocess import (
     calibrate_plates,
     group_index,
     postprocess,
+    well_method_name,
 )
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,15 @@ STAGES = ("ensemble", "groups", "wells")
 def combine_logits(
     paths: list[str | Path],
     weights: list[float] | None = None,
-    mode: str = "logprob",
+    combine: str = "logprob",
     temperature: float | None = None,
     ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Weighted mean of several logits files, each first divided by its own temperature.
 
     Args:
-        mode: ``logprob`` averages log-softmax outputs; ``logits`` averages raw (calibrated) logits.
+        combine: ``logprob`` averages log-softmax outputs; ``mean`` averages the (calibrated)
+            logits themselves (the values of `rcic predict --combine`).
         temperature: override every file's stored temperature.
         ids: the wells wanted, in this order (each file must hold exactly these); default: the
             first file's wells, sorted.
@@ -60,8 +62,8 @@ def combine_logits(
     Returns id_code, treatment log-probabilities (N, 1108) with rows in the order of `ids`, and
     whether every file carried a fitted temperature (or `temperature` was given).
     """
-    if mode not in ("logprob", "logits"):
-        raise SubmissionError(f"ensemble mode {mode!r}: expected logprob or logits")
+    if combine not in ("logprob", "mean"):
+        raise SubmissionError(f"combine {combine!r}: expected logprob or mean")
     if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
         raise SubmissionError(f"temperature {temperature}: must be a positive number")
     weights = list(weights) if weights else [1.0] * len(paths)
@@ -77,10 +79,10 @@ def combine_logits(
         order = _rows_of(f["id_code"], ids, path)
         z = f["logits"][order, : layout.N_TREATMENTS].astype(np.float32, copy=False)
         z /= np.float32(temperature or float(f.get("temperature", 1.0)))
-        if mode == "logprob":
+        if combine == "logprob":
             z = log_softmax(z, copy=False)
         if len(paths) == 1:
-            return ids, (z if mode == "logprob" else log_softmax(z, copy=False)), calibrated
+            return ids, (z if combine == "logprob" else log_softmax(z, copy=False)), calibrated
         total = total + np.float32(w) * z
     return ids, log_softmax(total / np.float32(sum(weights)), copy=False), calibrated
 
@@ -110,6 +112,9 @@ class SubmitOptions:
     calibrate: str = CALIBRATE_DEFAULT
     stages: tuple[str, ...] = STAGES
     marginals: bool = False  # each answer's one-per-plate marginal (for pseudo-labels)
+
+    def __post_init__(self):
+        self.well_method = well_method_name(self.well_method)
 
 
 @dataclass
@@ -193,7 +198,7 @@ def run_submit(
     out: str | Path,
     *,
     weights=None,
-    mode: str = "logprob",
+    combine: str = "logprob",
     labels: str | Path | None = None,
     temperature: float | None = None,
     options: SubmitOptions | None = None,
@@ -214,7 +219,7 @@ def run_submit(
     wells = wells_of(sites)
     test = _test_wells(metadata_dir, wells)
     _, lp, calibrated = combine_logits(
-        logits, weights, mode, temperature, ids=test["id_code"].to_numpy()
+        logits, weights, combine, temperature, ids=test["id_code"].to_numpy()
     )
     pg = discover_groups(wells)
     _check_plate_sizes(test, pg)
