@@ -5,10 +5,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rcic import cli
 from rcic.inference.logitsfile import read_logits
 from rcic.plates import submit
+from rcic.training import config
+from rcic.training.batches import BatchTransform
+from rcic.training.infer import infer
+from rcic.training.models import build_model
 
 
 def test_predict_fold_fits_temperature_and_test_has_all_wells(trained, tiny_screen, tiny_store):
@@ -58,6 +63,49 @@ def test_tta_views_change_and_average_logits(trained, tiny_screen, tiny_store, t
     assert not np.allclose(one, two)
 
 
+class _Loader:
+    """Two batches of random sites, as a DataLoader over SiteDataset gives them."""
+
+    def __init__(self, n=6, size=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.batches = [
+            {
+                "image": torch.randint(0, 256, (n // 2, 6, size, size), generator=g).to(
+                    torch.uint8
+                ),
+                "stats": torch.zeros(n // 2, 6, 2),  # per-image normalisation
+                "cell_type": torch.arange(n // 2) % 4,
+                "row": torch.arange(k * n // 2, (k + 1) * n // 2),
+            }
+            for k in range(2)
+        ]
+        self.dataset = range(n)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_tta_is_the_mean_of_its_views():
+    """Predicting with several views gives exactly the mean of what each view alone gives, for
+    logits and embeddings, and the views differ (else averaging would be untested)."""
+    cfg = config.load_config(None, ["embedding_dim=16", "deterministic=true"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    kw = {"amp": False, "channels_last": False, "embeddings": True}
+
+    def run(views):
+        return infer(model, _Loader(), BatchTransform(32), torch.device("cpu"), views, **kw)
+
+    views = (0, 3, 5)
+    alone = [run((k,)) for k in views]
+    together = run(views)
+    for key in ("logits", "embedding"):
+        mean = np.mean([a[key] for a in alone], axis=0)
+        np.testing.assert_allclose(together[key], mean, rtol=0, atol=1e-5)
+        assert not np.allclose(alone[0][key], alone[1][key], atol=1e-3)
+    assert (together["rows"] == np.arange(6)).all()
+
+
 def test_plate_stages_keep_accuracy_and_one_sirna_per_plate(
     trained, tiny_screen, tiny_store, tmp_path, capsys
 ):
@@ -78,7 +126,7 @@ def test_plate_stages_keep_accuracy_and_one_sirna_per_plate(
         "--labels",
         labels,
         "--well-method",
-        "assign",
+        "hungarian",
         "--calibrate",
         "off",
     ]
@@ -94,7 +142,7 @@ def test_plate_stages_keep_accuracy_and_one_sirna_per_plate(
         tiny_screen,
         tmp_path / "again.csv",
         labels=labels,
-        well_method="assign",
+        well_method="hungarian",
         calibrate="off",
     )
     truth = pd.read_csv(labels).set_index("id_code").loc[res.submission["id_code"], "sirna"]
