@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from rcic import cli
 from rcic.data import metadata, packing
@@ -56,9 +57,30 @@ def shared_or_skip() -> Path:
     return SHARED
 
 
+def _built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, made by build(folder) once for the whole test run: under pytest-xdist
+    the workers share it (the first builds it under a lock, the others wait and reuse it), so a
+    session fixture costs its time once, not once per worker. Tests read these folders (and
+    at most add files of their own beside what is there)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder of this run that every worker's own folder is in
+    folder, done = root / "built" / name, root / "built" / f"{name}.done"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_screen(tmp_path_factory) -> Path:
-    return synth.generate(tmp_path_factory.mktemp("tiny") / "screen", "tiny", seed=3, workers=1)
+    def build(folder):
+        synth.generate(folder / "screen", "tiny", seed=3, workers=1)
+
+    return _built_once(tmp_path_factory, "tiny", build) / "screen"
 
 
 @pytest.fixture(scope="session")
@@ -68,34 +90,36 @@ def tiny_sites(tiny_screen):
 
 @pytest.fixture(scope="session")
 def tiny_store(tiny_screen, tiny_sites, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("store") / "store"
-    packing.pack(tiny_screen, tiny_sites, out, workers=1)
-    return out
+    def build(folder):
+        packing.pack(tiny_screen, tiny_sites, folder / "store", workers=1)
+
+    return _built_once(tmp_path_factory, "store", build) / "store"
 
 
 # A model trained for 3 epochs on the tiny screen, fold 0 held out; shared by the pipeline,
 # embedding and bad-input tests, none of which needs it to beat chance.
 @pytest.fixture(scope="session")
 def trained(tiny_screen, tiny_store, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run") / "run"
-    args = [
-        "train",
-        "--data",
-        str(tiny_screen),
-        "--store",
-        str(tiny_store),
-        "--out",
-        str(run),
-        "epochs=3",
-        "batch_size=32",
-        "embedding_dim=64",
-        "lr=0.003",
-        "deterministic=true",
-        "warmup_epochs=0.5",
-        "normalisation=plate_neg",  # the setting these assertions were written for
-    ]
-    assert cli.main(args) == 0
-    return run
+    def build(folder):
+        args = [
+            "train",
+            "--data",
+            str(tiny_screen),
+            "--store",
+            str(tiny_store),
+            "--out",
+            str(folder / "run"),
+            "epochs=3",
+            "batch_size=32",
+            "embedding_dim=64",
+            "lr=0.003",
+            "deterministic=true",
+            "warmup_epochs=0.5",
+            "normalisation=plate_neg",  # the setting these assertions were written for
+        ]
+        assert cli.main(args) == 0
+
+    return _built_once(tmp_path_factory, "trained", build) / "run"
 
 
 @pytest.fixture
