@@ -77,11 +77,12 @@ def main() -> None:
     ap.add_argument("--suites", type=int, default=0, help="time the suite in N fresh clones")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        clone, head = fresh_clone(tmp, "rcic")
-        setup, _ = timed(["make", "setup"], clone)
-        print(f"make setup on a fresh clone of {head}: {setup:.0f} s ({setup / 60:.1f} min)")
-        if args.demo:
-            demo(clone, setup)
+        if args.demo or not args.suites:
+            clone, head = fresh_clone(tmp, "rcic")
+            setup, _ = timed(["make", "setup"], clone)
+            print(f"make setup on a fresh clone of {head}: {setup:.0f} s ({setup / 60:.1f} min)")
+            if args.demo:
+                demo(clone, setup)
         for k in range(1, args.suites + 1):
             suite(tmp, k)
 
