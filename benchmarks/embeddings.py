@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rcic.data import metadata
 from rcic.inference import embed as embed_pipeline
+from rcic.inference.predict import InferenceOptions
 from rcic.plates import submit
 from rcic.profiling import embed_head
 
@@ -47,7 +48,12 @@ def main() -> None:
     for split, name in (("0", "fold.npz"), ("test", "test.npz")):
         if not (work / name).exists():
             embed_pipeline.embed_run(
-                run, sites, store, split, work / name, checkpoint="last", progress=False
+                run,
+                sites,
+                store,
+                split,
+                work / name,
+                InferenceOptions(checkpoint="last", progress=False),
             )
     rows = {"CNN head (model-0)": stages([run / "logits-test.npz"], data, work / "cnn.csv")}
     print(

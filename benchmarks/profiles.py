@@ -47,6 +47,7 @@ from rcic import __version__
 from rcic.data import metadata, packing, tables
 from rcic.errors import InputError
 from rcic.inference import embed as embed_pipeline
+from rcic.inference.predict import InferenceOptions
 from rcic.profiling import corrections as embed
 from rcic.profiling import features as features_pipeline
 from rcic.profiling import features_head, profiles
@@ -152,7 +153,7 @@ def cnn_tables(work: Path, seed: int, sites, labelled, st: Path) -> list[Path]:
         path = run / f"embed-{name}.parquet"
         if not path.exists():
             embed_pipeline.embed_run(
-                run, labelled, st, split, path, checkpoint="last", progress=False
+                run, labelled, st, split, path, InferenceOptions(checkpoint="last", progress=False)
             )
         out.append(path)
     return out

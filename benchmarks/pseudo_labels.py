@@ -27,6 +27,7 @@ from rcic import pseudo
 from rcic.data import metadata
 from rcic.data.store import SiteStore
 from rcic.inference import predict
+from rcic.inference.predict import InferenceOptions
 from rcic.plates import submit
 from rcic.training import config, train
 from rcic.training.samples import select_samples
@@ -34,7 +35,12 @@ from rcic.training.samples import select_samples
 
 def scores(run: Path, sites, data: Path, st: Path, out: Path) -> dict:
     test = predict.predict_run(
-        run, sites, st, "test", out / "test.npz", checkpoint="last", progress=False
+        run,
+        sites,
+        st,
+        "test",
+        out / "test.npz",
+        InferenceOptions(checkpoint="last", progress=False),
     )
     res = submit.run_submit([test], data, out / "submission.csv", labels=data / "test_labels.csv")
     return {k: v["overall"] for k, v in res.scores.items()}

@@ -37,6 +37,7 @@ from rcic.data.store import SiteStore
 from rcic.inference import embed as embed_pipeline
 from rcic.inference import predict
 from rcic.inference.logitsfile import read_logits
+from rcic.inference.predict import InferenceOptions
 from rcic.metrics import treatment_argmax
 from rcic.profiling import embed_head
 from rcic.synthetic import synth
@@ -167,7 +168,7 @@ def embedding_head(run: Path, labelled, st: Path) -> dict:
     for split, path in paths.items():
         if not path.exists():
             embed_pipeline.embed_run(
-                run, labelled, st, split, path, checkpoint="last", progress=False
+                run, labelled, st, split, path, InferenceOptions(checkpoint="last", progress=False)
             )
     out = run / "embed-head-test.npz"
     cv = embed_head.fit_apply(paths["0"], paths["test"], out, ["standardize"], "plate")

@@ -39,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from rcic.data import cells, metadata, packing, store, tables
+from rcic.inference.predict import InferenceOptions
 from rcic.synthetic import baselines, synth
 from rcic.training import config
 
@@ -145,11 +146,13 @@ def cnn_row(work: Path, data: Path, sites: pd.DataFrame, st: Path, cfg, name: st
     if not (run / "checkpoints" / "last.pt").exists():
         train.train(cfg, sites, st, run, progress=False)
     minutes = (time.perf_counter() - t0) / 60
-    fold = read_logits(predict.predict_run(run, sites, st, "0", run / "fold.npz", progress=False))
+    fold = read_logits(
+        predict.predict_run(run, sites, st, "0", run / "fold.npz", InferenceOptions(progress=False))
+    )
     val = well_accuracy(fold)
     temp = float(fold["temperature"])
     test = predict.predict_run(
-        run, sites, st, "test", run / "test.npz", temperature=temp, progress=False
+        run, sites, st, "test", run / "test.npz", InferenceOptions(progress=False), temperature=temp
     )
     res = submit.run_submit([test], data, run / "submission.csv", labels=data / "test_labels.csv")
     scores = {k: v["overall"] for k, v in res.scores.items()}

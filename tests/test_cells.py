@@ -13,6 +13,7 @@ from rcic import cli
 from rcic.data import cells, store
 from rcic.errors import InputError, StoreError
 from rcic.inference import predict
+from rcic.inference.predict import InferenceOptions
 
 
 def _blobs(centres, size=48, sigma=2.0):
@@ -149,7 +150,12 @@ def test_train_and_predict_on_cells(
 ):
     run = cell_run
     out = predict.predict_run(
-        run, tiny_sites, cell_store, "test", tmp_path / "t.npz", views=2, progress=False
+        run,
+        tiny_sites,
+        cell_store,
+        "test",
+        tmp_path / "t.npz",
+        InferenceOptions(views=2, progress=False),
     )
     res = np.load(out)
     test_wells = tiny_sites.loc[
@@ -161,7 +167,14 @@ def test_train_and_predict_on_cells(
     assert np.array_equal(res["n_sites"], per_well.loc[res["id_code"]].to_numpy())
     # a model of cells refuses a site store, and says what to do
     with pytest.raises(StoreError, match="rcic cells"):
-        predict.predict_run(run, tiny_sites, tiny_store, "test", tmp_path / "x.npz", progress=False)
+        predict.predict_run(
+            run,
+            tiny_sites,
+            tiny_store,
+            "test",
+            tmp_path / "x.npz",
+            InferenceOptions(progress=False),
+        )
     # and resuming it on a site store is refused before anything is trained
     before = (run / "metrics.jsonl").read_text()
     resume = [
@@ -327,8 +340,15 @@ def test_aligned_cell_store_predicts_on_its_views(
 
     monkeypatch.setattr(predict, "infer", spy)
     # (a model trained on the unaligned crops of the same size serves to show which views are used)
-    predict.predict_run(cell_run, tiny_sites, out, "test", tmp_path / "t.npz", progress=False)
     predict.predict_run(
-        cell_run, tiny_sites, out, "test", tmp_path / "t1.npz", views=1, progress=False
+        cell_run, tiny_sites, out, "test", tmp_path / "t.npz", InferenceOptions(progress=False)
+    )
+    predict.predict_run(
+        cell_run,
+        tiny_sites,
+        out,
+        "test",
+        tmp_path / "t1.npz",
+        InferenceOptions(views=1, progress=False),
     )
     assert seen == [(0, 6), (0,)]

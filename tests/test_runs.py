@@ -12,6 +12,7 @@ from rcic.data import metadata
 from rcic.errors import InputError
 from rcic.inference import predict
 from rcic.inference.logitsfile import read_logits
+from rcic.inference.predict import InferenceOptions
 from rcic.training import runs, samples
 from rcic.training.runs import RunFolder
 
@@ -42,7 +43,7 @@ def test_predict_reads_the_recorded_held_out_experiments(
     assert other
     folder.split.write_text(json.dumps({**rec, "held_out_experiments": other}))
     out = predict.predict_run(
-        run, sites, tiny_store, "0", tmp_path / "f.npz", views=1, progress=False
+        run, sites, tiny_store, "0", tmp_path / "f.npz", InferenceOptions(views=1, progress=False)
     )
     assert set(read_logits(out)["experiment"]) == set(other)
 

@@ -386,15 +386,11 @@ def _run_split_out(args) -> tuple:
     return args.run, _sites(args), args.store, args.split, args.out
 
 
-def _inference_options(args) -> dict:
-    """The options `_add_inference_args` adds, as keyword arguments."""
-    return {
-        "checkpoint": args.checkpoint,
-        "views": args.views,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "threads": args.threads,
-    }
+def _inference_options(args):
+    """The options `_add_inference_args` adds."""
+    from rcic.inference.predict import InferenceOptions
+
+    return InferenceOptions(args.checkpoint, args.views, args.batch_size, args.device, args.threads)
 
 
 def cmd_predict(args) -> int:
@@ -406,9 +402,9 @@ def cmd_predict(args) -> int:
         temperature = float(read_logits(args.temperature_from).get("temperature", 1.0))
     path = predict.predict_run(
         *_run_split_out(args),
+        _inference_options(args),
         combine=args.combine,
         temperature=temperature,
-        **_inference_options(args),
     )
     print(f"wrote {path}")
     return 0
@@ -679,7 +675,7 @@ def _add_embed(sub) -> None:
 def cmd_embed(args) -> int:
     from rcic.inference import embed as embed_pipeline
 
-    path = embed_pipeline.embed_run(*_run_split_out(args), **_inference_options(args))
+    path = embed_pipeline.embed_run(*_run_split_out(args), _inference_options(args))
     print(f"wrote {path}")
     return 0
 

@@ -134,13 +134,14 @@ def _train_and_predict(cfg: config.TrainConfig, run: Path, sites, store_dir, clo
             train.train(cfg, sites, store_dir, run, resume=done.exists())
     log.info("4/6 predicting with %s", run.name)
     with clock.part("predict"):
-        kw = {"checkpoint": "last", "progress": False}
+        last = predict.InferenceOptions(checkpoint="last", progress=False)
         fold = predict.predict_run(
-            run, sites, store_dir, str(cfg.fold), run / "logits-fold.npz", **kw
+            run, sites, store_dir, str(cfg.fold), run / "logits-fold.npz", last
         )
         temperature = float(read_logits(fold)["temperature"])
+        out = run / "logits-test.npz"
         return predict.predict_run(
-            run, sites, store_dir, "test", run / "logits-test.npz", temperature=temperature, **kw
+            run, sites, store_dir, "test", out, last, temperature=temperature
         )
 
 
@@ -158,9 +159,7 @@ def _profiles(out: Path, data: Path, sites, store_dir: Path) -> dict:
             store_dir,
             split,
             out / "profiles" / f"{name}.parquet",
-            checkpoint="last",
-            views=2,
-            progress=False,
+            predict.InferenceOptions(checkpoint="last", views=2, progress=False),
         )
         for name, split in (("embed-fold", "0"), ("embed-test", "test"))
     ]

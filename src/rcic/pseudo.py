@@ -73,8 +73,7 @@ def _pseudo_labels(current, sites, data, store, out, k, fraction, labels) -> tup
         store,
         "test",
         out / f"round{k}-test.npz",
-        checkpoint="last",
-        progress=False,
+        predict.InferenceOptions(checkpoint="last", progress=False),
     )
     pseudo_csv = out / f"round{k}-pseudo.csv"
     submit.run_submit(

@@ -11,6 +11,7 @@ import pandas as pd
 
 from rcic.data import tables
 from rcic.inference.logitsfile import write_logits
+from rcic.inference.predict import InferenceOptions, predict_split
 
 log = logging.getLogger(__name__)
 
@@ -21,31 +22,23 @@ def embed_run(
     store: str | Path,
     split: str,
     out: str | Path,
-    *,
-    checkpoint: str = "best",
-    views: int = 8,
-    batch_size: int = 64,
-    device: str = "auto",
-    progress: bool = True,
-    threads: int = 0,
+    options: InferenceOptions | None = None,
 ) -> Path:
     """Embed every well (treatments and controls) of a split with a run's model; write an .npz,
-    or with a ``.parquet`` `out` a profile table (`rcic.profiling.profiles`: the raw well profiles).
+    or with a ``.parquet`` `out` a profile table (`rcic.data.tables`: the raw well profiles).
 
     ``oof`` marks the wells that were not training samples of this model (their embeddings can
     train a head honestly): the held-out fold's experiments, and unlabelled test treatments.
     """
-    from rcic.inference.predict import predict_split
-
-    kw = {"views": views, "batch_size": batch_size, "progress": progress, "threads": threads}
-    args = (run, sites, store, split, checkpoint, device)
-    pr = predict_split(*args, treatments_only=False, embeddings=True, **kw)
+    options = options or InferenceOptions()
+    pr = predict_split(run, sites, store, split, options, treatments_only=False, embeddings=True)
     res = pr.res
     wells = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"]]
     oof = ~np.isin(res["id_code"], _trained_on(sites, pr.st, pr.cfg, pr.held_out))
     source = str(Path(run).resolve())
     if str(out).endswith(".parquet"):
-        how = {"run": source, "checkpoint": checkpoint, "views": views, "split": split}
+        how = {"run": source, "checkpoint": options.checkpoint, "views": options.views}
+        how["split"] = split
         return _profile_table(out, wells, oof, res, how)
     return write_logits(
         out,
@@ -54,8 +47,8 @@ def embed_run(
         well_type=wells["well_type"].to_numpy(str),
         oof=oof,
         source=source,
-        checkpoint=checkpoint,
-        views=views,
+        checkpoint=options.checkpoint,
+        views=options.views,
         **res,
     )
 

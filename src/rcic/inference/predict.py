@@ -118,6 +118,20 @@ def _per_well(
 
 
 @dataclass
+class InferenceOptions:
+    """How `rcic predict` and `rcic embed` apply a run's model: its `checkpoint` (best, last or a
+    path), the first `views` of the 8 flips/rotations (over both sites), `batch_size`, `device`
+    (auto, cpu, cuda), CPU `threads` (0: this process's share of the cores) and a progress bar."""
+
+    checkpoint: str = "best"
+    views: int = 8
+    batch_size: int = 64
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = True
+
+
+@dataclass
 class _Prediction:
     res: dict[str, np.ndarray]  # per-well arrays from predict_logits
     chosen: pd.DataFrame  # the split's sites
@@ -126,18 +140,18 @@ class _Prediction:
     held_out: list[str] | None  # as the run recorded them
 
 
-def predict_split(
-    run, sites, store, split, checkpoint, device, *, treatments_only, threads=0, **kw
-):
-    """Load a run's checkpoint and predict one split of `sites` with `threads` CPU threads
-    (0: :func:`rcic.training.distributed.cpu_threads`); `kw` goes to predict_logits."""
-    set_threads(threads)
-    device = resolve_device(device)
-    model, cfg = load_checkpoint(run, checkpoint, device)
+def predict_split(run, sites, store, split, options: InferenceOptions, *, treatments_only, **kw):
+    """Load a run's checkpoint and predict one split of `sites` as `options` say; `kw` goes to
+    predict_logits."""
+    set_threads(options.threads)
+    device = resolve_device(options.device)
+    model, cfg = load_checkpoint(run, options.checkpoint, device)
     held_out = RunFolder(run).held_out()
     chosen = split_sites(sites, split, cfg, treatments_only, held_out=held_out)
     st = SiteStore(store)
     RunFolder(run).check_store_kind(st.kind, st.path)
+    o = options
+    kw.update(views=o.views, batch_size=o.batch_size, progress=o.progress)
     res = predict_logits(model, cfg, chosen, st, device=device, **kw)
     return _Prediction(res, chosen, cfg, st, held_out)
 
@@ -148,35 +162,19 @@ def predict_run(
     store: str | Path,
     split: str,
     out: str | Path,
+    options: InferenceOptions | None = None,
     *,
-    checkpoint: str = "best",
-    views: int = 8,
     combine: str = "mean",
-    batch_size: int = 64,
-    device: str = "auto",
     temperature: float | None = None,
-    progress: bool = True,
-    threads: int = 0,
 ) -> Path:
     """Predict one split of a dataset with a run's checkpoint and write a logits file.
 
     On a fold split (held-out experiments with labels) the temperature is fitted and stored;
     otherwise `temperature` (for example from a fold's file) is stored if given.
     """
-    res = predict_split(
-        run,
-        sites,
-        store,
-        split,
-        checkpoint,
-        device,
-        treatments_only=True,
-        views=views,
-        combine=combine,
-        batch_size=batch_size,
-        progress=progress,
-        threads=threads,
-    ).res
+    options = options or InferenceOptions()
+    pr = predict_split(run, sites, store, split, options, treatments_only=True, combine=combine)
+    res = pr.res
     if split not in ("test", "train") and temperature is None:
         temperature = fit_temperature(res["logits"], res["sirna"])
         log.info("fitted temperature %.3f on %d held-out wells", temperature, len(res["id_code"]))
@@ -186,7 +184,7 @@ def predict_run(
         res.pop("logits"),
         temperature=temperature,
         source=str(run),
-        checkpoint=checkpoint,
-        views=views,
+        checkpoint=options.checkpoint,
+        views=options.views,
         **res,
     )
