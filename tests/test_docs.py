@@ -77,3 +77,24 @@ def test_every_documented_command_runs(tmp_path, monkeypatch):
                 if args[0] == "synth" and (tmp_path / "data").exists():
                     shutil.rmtree(tmp_path / "data")
                 assert cli.main(args) == 0, f"{page}: {line}\n-> {args}"
+
+
+def test_every_option_is_listed_once():
+    """docs/cli.md's option table names every option the commands take (hidden old spellings
+    aside), each in one row, with the commands that take it."""
+    import argparse
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    taken: dict[str, set[str]] = {}
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.help != argparse.SUPPRESS:
+                for flag in action.option_strings:
+                    if flag.startswith("--") and flag != "--help":
+                        taken.setdefault(flag, set()).add(name)
+    rows = re.findall(r"^\| `(--[\w-]+)` \| ([^|]*) \|", (ROOT / "docs/cli.md").read_text(), re.M)
+    listed = [flag for flag, _ in rows]
+    assert sorted(listed) == sorted(taken), set(listed) ^ set(taken)
+    assert len(listed) == len(set(listed))
+    for flag, commands in rows:
+        assert set(commands.split(", ")) == taken[flag], flag
