@@ -101,6 +101,15 @@ def test_import_rcic_is_light_and_exposes_the_entry_points():
     assert "make_submission" in out.stdout
 
 
+def test_importing_the_command_line_imports_nothing_heavy():
+    """Each command imports what it needs when it runs: `import rcic.cli` (every `rcic` start)
+    loads neither numpy, pandas nor torch."""
+    code = "import sys, rcic.cli; print(sorted({'numpy', 'pandas', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def _list_options():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

@@ -8,9 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from rcic.data import tables
 from rcic.errors import InputError, RcicError
-from rcic.profiling import embed_head
 
 # Idle OpenMP threads sleep instead of spinning, so that processes sharing the cores do not starve
 # each other (two trainings on 2 cores keep most of their speed: benchmarks/threads.py). OpenMP reads
@@ -708,6 +706,7 @@ def _add_embed_head(sub) -> None:
 
 
 def cmd_embed_head(args) -> int:
+    from rcic.profiling import embed_head
 
     res = embed_head.fit_apply(
         args.train, args.apply, args.out, args.correction.split(","), args.level, args.head
@@ -857,6 +856,7 @@ def _add_features(sub) -> None:
 
 def cmd_features(args) -> int:
     from rcic import __version__
+    from rcic.data import tables
     from rcic.profiling import profiles
 
     provenance = {
