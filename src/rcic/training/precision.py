@@ -6,7 +6,7 @@ the GPU has it) and channels-last. On a CPU, a probe times a few optimiser steps
 model on a random batch in each path the config leaves open (fp32 or bf16, contiguous or
 channels-last) and keeps the fastest: which one wins differs between CPUs (bf16 channels-last on
 one with AMX, fp32 contiguous on one with AVX-512 BF16 alone; benchmarks/results/
-train_throughput.txt). The answer is cached per CPU, torch version, threads, model and input
+train_throughput.txt). The answer is cached per CPU, torch version, threads, backbone and input
 (``$RCIC_CACHE``, else ``$XDG_CACHE_HOME/rcic``, else ``~/.cache/rcic``), so it runs once per
 machine and setting; a run records its path in env.json and keeps it when resumed.
 
@@ -108,8 +108,19 @@ def choose_path(cfg, device: torch.device, model, size: int, batch: int, loss_fn
     return ComputePath(*PATHS[best], how="probe", speeds=speeds)
 
 
-def probe(model, cfg, size: int, batch: int, loss_fn, bf16: bool, channels_last: bool) -> float:
-    """Images/s of a few training steps of a copy of `model` in one path (the model is untouched)."""
+def probe(
+    model,
+    cfg,
+    size: int,
+    batch: int,
+    loss_fn,
+    bf16: bool,
+    channels_last: bool,
+    steps: int = PROBE_STEPS,
+    warmup: int = 1,
+) -> float:
+    """Images/s of `steps` training steps, after `warmup` untimed ones, of a copy of `model` in
+    one path (the model is untouched)."""
     from rcic.training.optim import make_optimizer
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -119,15 +130,15 @@ def probe(model, cfg, size: int, batch: int, loss_fn, bf16: bool, channels_last:
     x = torch.randn(batch, 6, size, size, generator=gen).contiguous(memory_format=fmt)
     y = torch.randint(0, 1108, (batch,), generator=gen)
     ct = torch.zeros(batch, dtype=torch.long)
-    for i in range(1 + PROBE_STEPS):
-        if i == 1:
+    for i in range(warmup + steps):
+        if i == warmup:
             t0 = time.perf_counter()
         with autocast(torch.device("cpu"), bf16):
             out = trial(x, ct)
         loss_fn(out, y).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return PROBE_STEPS * batch / (time.perf_counter() - t0)
+    return steps * batch / (time.perf_counter() - t0)
 
 
 def cache_file() -> Path:
