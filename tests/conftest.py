@@ -19,8 +19,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "rxrx1"
 
 
 def pytest_configure(config):
-    """The training path probe's cache (rcic.training.precision) in a folder of this session, never the
-    user's, for this process and the rcic processes tests start. Under pytest-xdist each worker
+    """The training path probe's cache (rcic.training.precision) in a folder of this session,
+    never the user's, for this process and the rcic processes tests start. Under pytest-xdist each worker
     computes with one thread (as do the processes its tests start: rcic's threads follow
     OMP_NUM_THREADS), so two workers' trainings share the cores without oversubscribing them,
     the case where bf16 collapses (benchmarks/results/train_throughput.txt)."""
@@ -30,25 +30,6 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
-
-
-# The longest test files, longest first: pytest-xdist (`make test` runs two workers, a file
-# each at a time) hands them out first, so that the workers finish together.
-LONGEST_FIRST = (
-    "test_train.py",
-    "test_difficulty.py",
-    "test_demo_report.py",
-    "test_cells.py",
-    "test_kill.py",
-    "test_docs.py",
-    "test_cellprofiler.py",
-    "test_bad_inputs.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def shared_or_skip() -> Path:
