@@ -388,7 +388,13 @@ def _inference_options(args):
     """The options `_add_inference_args` adds."""
     from rcic.inference.predict import InferenceOptions
 
-    return InferenceOptions(args.checkpoint, args.views, args.batch_size, args.device, args.threads)
+    return InferenceOptions(
+        checkpoint=args.checkpoint,
+        views=args.views,
+        batch_size=args.batch_size,
+        device=args.device,
+        threads=args.threads,
+    )
 
 
 def cmd_predict(args) -> int:

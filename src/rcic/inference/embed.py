@@ -37,8 +37,12 @@ def embed_run(
     oof = ~np.isin(res["id_code"], _trained_on(sites, pr.st, pr.cfg, pr.held_out))
     source = str(Path(run).resolve())
     if str(out).endswith(".parquet"):
-        how = {"run": source, "checkpoint": options.checkpoint, "views": options.views}
-        how["split"] = split
+        how = {
+            "run": source,
+            "checkpoint": options.checkpoint,
+            "views": options.views,
+            "split": split,
+        }
         return _profile_table(out, wells, oof, res, how)
     return write_logits(
         out,
