@@ -113,17 +113,15 @@ def n_samples(cfg, sites, st) -> int:
     return len(samples.select_samples(sites, st, cfg).train_rows)
 
 
-def stores(work: Path, data: Path, sites) -> dict[str, Path]:
-    """The site store and the two cell stores cut from it (made once)."""
-    where = {
-        "sites": work / "store",
-        "cells": work / f"cells{CROP}",
-        "aligned": work / f"cells{CROP}-{ALIGN}",
-    }
+def stores(work: Path, data: Path, sites, cell_stores: bool = True) -> dict[str, Path]:
+    """The site store and (with `cell_stores`) the two cell stores cut from it (made once)."""
+    where = {"sites": work / "store"}
+    if cell_stores:
+        where.update(cells=work / f"cells{CROP}", aligned=work / f"cells{CROP}-{ALIGN}")
     if not (where["sites"] / "store.json").exists():
         packing.pack(data, sites, where["sites"])
     for kind, align in (("cells", "none"), ("aligned", ALIGN)):
-        if not (where[kind] / "store.json").exists():
+        if kind in where and not (where[kind] / "store.json").exists():
             finder = cells.CellFinder(crop=CROP, align=align)
             cells.pack_cells(where["sites"], where[kind], finder, progress=False)
     return where
@@ -185,43 +183,63 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
-    data = args.work / "demo"
-    if not (data / "test_labels.csv").exists():
-        synth.generate(data, "demo", seed=args.screen_seed)
-    sites = metadata.load_metadata(data)
-    where = stores(args.work, data, sites)
-    labelled = synth.with_test_labels(sites, data)
-    st = {kind: SiteStore(path) for kind, path in where.items()}
-    base = config.load_config(DEMO, ["fold=0"])
-    steps = base.epochs * (n_samples(base, sites, st["sites"]) // base.batch_size)
+    screen = Screen(args.work, args.screen_seed)
+    results = trained_rows(screen, RECIPES, args.seeds, args.only)
+    if not args.only or "rcic (demo.yaml)" in args.only:
+        derived(args, results, screen.sites, screen.labelled, screen.data, screen.where["sites"])
+    _verdicts(results, args.seeds)
+    print(f"wall time {(time.perf_counter() - t0) / 60:.1f} min")
+    (args.work / "recipes.json").write_text(json.dumps(results, indent=1))
+
+
+class Screen:
+    """A generated demo screen in `work`, its stores, and the demo's optimiser steps on it."""
+
+    def __init__(self, work: Path, seed: int, cell_stores: bool = True):
+        self.work, self.seed, self.data = work, seed, work / "demo"
+        if not (self.data / "test_labels.csv").exists():
+            synth.generate(self.data, "demo", seed=seed)
+        self.sites = metadata.load_metadata(self.data)
+        self.where = stores(work, self.data, self.sites, cell_stores)
+        self.labelled = synth.with_test_labels(self.sites, self.data)
+        self.st = {kind: SiteStore(path) for kind, path in self.where.items()}
+        base = config.load_config(DEMO, ["fold=0"])
+        self.steps = base.epochs * (
+            n_samples(base, self.sites, self.st["sites"]) // base.batch_size
+        )
+        self.demo_epochs = base.epochs
+
+
+def trained_rows(screen: Screen, recipes: dict, seeds, only=None) -> dict:
+    """Train and score every recipe (name: (config file, overrides, input kind)) on `screen` for
+    each training seed, each at the demo's optimiser steps; finished runs are read back from
+    ``partial.json``, so a killed table resumes. Prints one row per recipe."""
     print(
-        f"demo screen (seed {args.screen_seed}), 80 siRNAs (chance 0.0125); fold 0 held out; "
-        f"about {steps} optimiser steps for every recipe (configs/demo.yaml: {base.epochs} epochs); "
-        f"seeds {args.seeds}; accuracy per well, 8-view TTA"
+        f"demo screen (seed {screen.seed}), 80 siRNAs (chance 0.0125); fold 0 held out; about "
+        f"{screen.steps} optimiser steps for every recipe (configs/demo.yaml: {screen.demo_epochs} "
+        f"epochs); seeds {seeds}; accuracy per well, 8-view TTA"
     )
     print(f"{'recipe':30} {'val (fold 0)':>16} {'test':>16}   per seed (test)      steps")
-    results = _load(args.work)
-    for name, (file, overrides, kind) in RECIPES.items():
-        if args.only and name not in args.only:
+    results = _load(screen.work)
+    for name, (file, overrides, kind) in recipes.items():
+        if only and name not in only:
             continue
         cfg0 = config.load_config(CONFIGS / file, ["fold=0", *overrides])
-        per_epoch = n_samples(cfg0, sites, st[kind]) // cfg0.batch_size
-        epochs = max(1, round(steps / per_epoch))
-        for seed in args.seeds:
+        per_epoch = n_samples(cfg0, screen.sites, screen.st[kind]) // cfg0.batch_size
+        epochs = max(1, round(screen.steps / per_epoch))
+        for seed in seeds:
             key = f"{name}|{seed}"
             if key not in results:
                 cfg = config.load_config(
                     CONFIGS / file, ["fold=0", *overrides, f"epochs={epochs}", f"seed={seed}"]
                 )
-                run = args.work / "runs" / f"{_slug(name)}-s{seed}"
-                results[key] = train_and_score(cfg, run, sites, labelled, where[kind], st[kind])
-                _save(args.work, results)
-        _print_row(name, [results[f"{name}|{s}"] for s in args.seeds])
-    if not args.only or "rcic (demo.yaml)" in args.only:
-        derived(args, results, sites, labelled, data, where["sites"])
-    _verdicts(results, args.seeds)
-    print(f"wall time {(time.perf_counter() - t0) / 60:.1f} min")
-    (args.work / "recipes.json").write_text(json.dumps(results, indent=1))
+                run = screen.work / "runs" / f"{_slug(name)}-s{seed}"
+                results[key] = train_and_score(
+                    cfg, run, screen.sites, screen.labelled, screen.where[kind], screen.st[kind]
+                )
+                _save(screen.work, results)
+        _print_row(name, [results[f"{name}|{s}"] for s in seeds])
+    return results
 
 
 def derived(args, results: dict, sites, labelled, data: Path, st: Path) -> None:
