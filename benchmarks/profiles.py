@@ -60,7 +60,7 @@ SCREEN = replace(synth.PRESETS["demo"], name="demo-2test", test_experiments=(2, 
 PYCYTOMINER = ("none", "standardize", "spherize", "spherize-pca")
 OWN = ("tvn", "center_neg", "center_neg+align_pos", "tvn+align_pos")  # rcic's, per experiment
 ARTEFACT = "center_neg per plate"
-CORRECTIONS = profiles.CORRECTIONS + OWN[1:] + (ARTEFACT,)
+CORRECTIONS = profiles.PROFILE_CORRECTIONS + OWN[1:] + (ARTEFACT,)
 FIGURES = ("val mAP", "activity mAP", "retrieved", "consistency mAP", "recall", "spearman")
 
 
@@ -82,7 +82,7 @@ def own_correction(tables: list[Path], steps: str, out: Path) -> Path:
     frame, provenance = profiles.load_tables(tables)
     feats = tables.feature_columns(frame)
     meta = profiles.embed_metadata(frame)
-    values = embed.correct(
+    values = embed.correct_embeddings(
         frame[feats].to_numpy(np.float64), meta, steps.split(" ")[0].split("+"), level
     )
     table = tables.make_table(frame[tables.metadata_columns(frame)], values, feats)
@@ -102,7 +102,7 @@ def score(tables: list[Path], out: Path, truth: Path) -> dict[str, dict]:
         where = out / c.replace(" ", "-")
         inputs, method = (
             (tables, c)
-            if c in profiles.CORRECTIONS
+            if c in profiles.PROFILE_CORRECTIONS
             else ([own_correction(tables, c, where)], "none")
         )
         try:

@@ -60,7 +60,7 @@ def _class_accuracy(x, meta):
 def test_corrections_remove_plate_offset_and_keep_class_signal(steps):
     emb, meta = _planted()
     before = _plate_offset_share(emb, meta)
-    fixed = embed.correct(emb, meta, steps)
+    fixed = embed.correct_embeddings(emb, meta, steps)
     assert before > 0.5
     assert _plate_offset_share(fixed, meta) < 0.05
     assert _class_accuracy(fixed, meta) > 0.95
@@ -70,7 +70,7 @@ def test_corrections_remove_plate_offset_and_keep_class_signal(steps):
 @pytest.mark.parametrize("steps", [["standardize"], ["center_neg", "standardize"]])
 def test_scaling_corrections_also_remove_plate_scale(steps):
     emb, meta = _planted(scale_sd=0.4)
-    fixed = embed.correct(emb, meta, steps)
+    fixed = embed.correct_embeddings(emb, meta, steps)
     spread = [
         fixed[(meta.plate == p).to_numpy() & (meta.experiment == e).to_numpy()].std(0)
         for e, p in meta[["experiment", "plate"]].drop_duplicates().itertuples(index=False)

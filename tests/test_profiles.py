@@ -97,14 +97,13 @@ def test_a_users_notebook_gets_the_numbers_rcic_reports(feature_profiles):
         for _, part in raw.groupby("Metadata_Batch", sort=False)
     ).loc[raw.index]
     np.testing.assert_allclose(wells[feats], by_hand[feats], rtol=1e-4, atol=1e-4)
-    # the activity figure: copairs with the parameters metrics.json records
+    # the activity figure: copairs with nothing but what metrics.json records
     metrics = json.loads((out / "metrics.json").read_text())
     p = metrics["copairs_activity"]
-    labelled = wells[
-        wells["Metadata_pert_type"].isin(["trt", "negcon"]) & (wells["Metadata_sirna"] != "")
-    ].reset_index(drop=True)
     labelled = assign_reference_index(
-        labelled, "Metadata_pert_type == 'negcon'", reference_col="Metadata_reference_index"
+        wells.query(p["rows"]).reset_index(drop=True),
+        p["reference_query"],
+        reference_col=p["reference_col"],
     )
     ap = average_precision(
         labelled[[c for c in labelled.columns if c.startswith("Metadata_")]],
@@ -114,7 +113,7 @@ def test_a_users_notebook_gets_the_numbers_rcic_reports(feature_profiles):
         p["neg_sameby"],
         p["neg_diffby"],
     )
-    ap = ap[ap["Metadata_pert_type"] == "trt"]
+    ap = ap.query(p["map_rows"])
     maps = mean_average_precision(ap, p["map_sameby"], p["null_size"], p["threshold"], p["seed"])
     assert metrics["activity"]["mAP"] == pytest.approx(maps["mean_average_precision"].mean())
     assert metrics["activity"]["fraction_retrieved"] == pytest.approx(
@@ -200,7 +199,7 @@ def test_spherize_chooses_its_epsilon_on_the_training_split(feature_profiles, tm
         profiles.run_profiles([table], tmp_path / "t", "standardize", evaluate="test")
     raw = pd.read_parquet(table)
     for method in ("spherize", "spherize-pca"):  # ZCA and PCA whitening
-        whitened = profiles.correct(raw, method, 1e-6)
+        whitened = profiles.correct_profiles(raw, method, 1e-6)
         cov = np.cov(whitened[tables.feature_columns(whitened)].to_numpy(np.float64), rowvar=False)
         live = np.diag(cov) > 0.5  # features that were not constant
         assert np.allclose(cov[np.ix_(live, live)], np.eye(live.sum()), atol=0.05), method
@@ -212,7 +211,7 @@ def test_tvn_whitens_each_experiments_negative_controls(feature_profiles):
     the standardised features have correlated directions far above it)."""
     table, _ = feature_profiles
     raw = pd.read_parquet(table)
-    out = profiles.correct(raw, "tvn")
+    out = profiles.correct_profiles(raw, "tvn")
     assert list(out.columns) == list(raw.columns)
     neg = out["Metadata_pert_type"] == "negcon"
     feats = tables.feature_columns(out)
@@ -224,6 +223,57 @@ def test_tvn_whitens_each_experiments_negative_controls(feature_profiles):
         return np.linalg.eigvalsh(np.cov(x.to_numpy(np.float64), rowvar=False)).max()
 
     assert 0.5 < top_variance(out) <= 1 / 0.9 + 1e-3
-    assert top_variance(profiles.correct(raw, "standardize")) > 3
+    assert top_variance(profiles.correct_profiles(raw, "standardize")) > 3
     with pytest.raises(InputError, match="at least 3 negative-control wells"):
-        profiles.correct(raw[raw["Metadata_pert_type"] != "negcon"], "tvn")
+        profiles.correct_profiles(raw[raw["Metadata_pert_type"] != "negcon"], "tvn")
+
+
+def test_harmony_is_harmonypy_on_the_standardised_principal_components(feature_profiles):
+    """`--correction harmony`: pycytominer's standardize, then harmonypy called directly on
+    the first principal components (computed here with numpy); equal up to the components' signs,
+    so the wells' pairwise distances agree."""
+    import harmonypy
+    from scipy.spatial.distance import pdist
+
+    table, _ = feature_profiles
+    raw = pd.read_parquet(table)
+    mine = profiles.correct_profiles(raw, "harmony")
+    feats = tables.feature_columns(mine)
+    assert feats[0] == "harmony_0000" and len(feats) == min(profiles.HARMONY_PCS, 63, len(raw) - 1)
+    x = profiles.correct_profiles(raw, "standardize")[tables.feature_columns(raw)].to_numpy(float)
+    x = x[:, x.std(axis=0) > 0]
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    pcs = u[:, : len(feats)] * s[: len(feats)]
+    ho = harmonypy.run_harmony(pcs, raw[["Metadata_Batch"]], "Metadata_Batch", verbose=False)
+    theirs = ho.Z_corr.T if ho.Z_corr.shape[1] == len(raw) else ho.Z_corr
+    np.testing.assert_allclose(
+        pdist(mine[feats].to_numpy(np.float64)), pdist(theirs), rtol=1e-3, atol=1e-3
+    )
+    assert not np.allclose(pdist(pcs), pdist(theirs), atol=1e-2)  # harmony moved the wells
+    with pytest.raises(InputError, match="one experiment"):
+        profiles.correct_profiles(
+            raw[raw["Metadata_Batch"] == raw["Metadata_Batch"].iat[0]], "harmony"
+        )
+
+
+def test_corrections_are_a_comma_list_applied_in_order(feature_profiles, tmp_path):
+    """`rcic profiles --correction standardize,tvn` applies both, in order, and records them;
+    an unknown step or two whitening steps are refused by name before any work."""
+    table, _ = feature_profiles
+    raw = pd.read_parquet(table)
+    both = profiles.correct_profiles(raw, "standardize,tvn")
+    expected = profiles.correct_profiles(profiles.correct_profiles(raw, "standardize"), "tvn")
+    pd.testing.assert_frame_equal(both, expected)
+    assert not np.allclose(
+        both[tables.feature_columns(raw)],
+        profiles.correct_profiles(raw, "tvn")[tables.feature_columns(raw)],
+    )
+    m = profiles.run_profiles([table], tmp_path / "two", "standardize, tvn")
+    assert m["correction"] == "standardize,tvn"
+    with pytest.raises(InputError, match="'tvm'"):
+        profiles.correction_steps("standardize,tvm")
+    with pytest.raises(InputError, match="at most one whitening"):
+        profiles.correction_steps("spherize,spherize-pca")
+    argv = ["profiles", "--table", str(table), "--correction", "tvm", "--out", str(tmp_path / "x")]
+    assert cli.main(argv) != 0 and not (tmp_path / "x").exists()

@@ -685,7 +685,7 @@ def cmd_embed(args) -> int:
 
 
 def _add_embed_head(sub) -> None:
-    from rcic.profiling.corrections import CORRECTIONS, HEADS
+    from rcic.profiling.corrections import EMBED_CORRECTIONS, EMBED_HEADS
 
     p = sub.add_parser(
         "embed-head",
@@ -703,10 +703,10 @@ def _add_embed_head(sub) -> None:
         "--apply", type=Path, required=True, help="embeddings to classify (e.g. the test split)"
     )
     p.add_argument(
-        "--correction", default="standardize", help=f"comma-separated steps from {CORRECTIONS}"
+        "--correction", default="standardize", help=f"comma-separated steps from {EMBED_CORRECTIONS}"
     )
     p.add_argument("--level", choices=["plate", "experiment"], default="plate")
-    p.add_argument("--head", choices=HEADS, default="centroid")
+    p.add_argument("--head", choices=EMBED_HEADS, default="centroid")
     p.add_argument("--out", type=Path, required=True, help="logits file to write")
     p.set_defaults(func=cmd_embed_head)
 
@@ -724,7 +724,7 @@ def cmd_embed_head(args) -> int:
 
 
 def _add_profiles(sub) -> None:
-    from rcic.profiling.profiles import CORRECTIONS
+    from rcic.profiling.profiles import PROFILE_CORRECTIONS
 
     p = sub.add_parser(
         "profiles",
@@ -747,7 +747,11 @@ def _add_profiles(sub) -> None:
         required=True,
         help="profile tables (.parquet) of one model or feature set; repeat or list several",
     )
-    p.add_argument("--correction", choices=CORRECTIONS, default="standardize")
+    p.add_argument(
+        "--correction",
+        default="standardize",
+        help=f"comma-separated steps from {PROFILE_CORRECTIONS}, applied in order",
+    )
     p.add_argument(
         "--epsilon",
         default="auto",

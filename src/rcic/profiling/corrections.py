@@ -31,8 +31,8 @@ if TYPE_CHECKING:  # the CLI builds its parser from this module: keep it light
 
 log = logging.getLogger(__name__)
 
-CORRECTIONS = ("none", "center_neg", "standardize", "tvn", "align_pos")
-HEADS = ("centroid", "linear")
+EMBED_CORRECTIONS = ("none", "center_neg", "standardize", "tvn", "align_pos")
+EMBED_HEADS = ("centroid", "linear")
 MISSING_LOGIT = (
     -30.0
 )  # logit of a class a head cannot score (no training wells), finite by the file format
@@ -127,7 +127,7 @@ def align_pos(emb: np.ndarray, meta: pd.DataFrame, level: str = "experiment") ->
 _STEPS = {"center_neg": center_neg, "standardize": standardize, "tvn": tvn, "align_pos": align_pos}
 
 
-def correct(
+def correct_embeddings(
     emb: np.ndarray, meta: pd.DataFrame, steps: Sequence[str], level: str = "plate"
 ) -> np.ndarray:
     """Apply the named corrections in order (``align_pos`` always works per experiment)."""
@@ -136,7 +136,7 @@ def correct(
         if step == "none":
             continue
         if step not in _STEPS:
-            raise InputError(f"correction {step!r}: expected some of {CORRECTIONS}")
+            raise InputError(f"correction {step!r}: expected some of {EMBED_CORRECTIONS}")
         out = _STEPS[step](out, meta, "experiment" if step == "align_pos" else level)
     return out
 
@@ -190,7 +190,7 @@ def head_logits(head: str, train_emb, train_meta, emb, meta) -> np.ndarray:
         return centroid_logits(train_emb, train_meta, emb, meta)
     if head == "linear":
         return linear_logits(train_emb, train_meta, emb)
-    raise InputError(f"head {head!r}: expected one of {HEADS}")
+    raise InputError(f"head {head!r}: expected one of {EMBED_HEADS}")
 
 
 def require_out_of_fold(meta: pd.DataFrame, oof: np.ndarray, what: str) -> None:

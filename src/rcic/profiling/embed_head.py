@@ -53,7 +53,7 @@ def fit_apply(
 ) -> dict:
     """Correct both files jointly, fit the head on the labelled out-of-fold training wells, write logits."""
     emb, meta, (n_train, _) = _joint([Path(train_path), Path(apply_path)])
-    corrected = embed.correct(emb, meta, steps, level)
+    corrected = embed.correct_embeddings(emb, meta, steps, level)
     train_meta, apply_meta = meta.iloc[:n_train], meta.iloc[n_train:].reset_index(drop=True)
     labelled = (train_meta["sirna"] >= 0).to_numpy()
     embed.require_out_of_fold(

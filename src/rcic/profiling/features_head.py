@@ -43,7 +43,7 @@ from rcic.profiling import profiles
 
 log = logging.getLogger(__name__)
 
-CORRECTIONS = ("none", "plate")
+FEATURE_CORRECTIONS = ("none", "plate")
 FEATURE_SETS = ("all", "selected")
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 SELECTION = ("variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist")
@@ -118,7 +118,7 @@ class FeatureHead:
         fit, val = self.train & ~self.held, self.train & self.held
         truth = self.wells["sirna"].to_numpy()[val]
         scores = {}
-        for correction in CORRECTIONS:
+        for correction in FEATURE_CORRECTIONS:
             for features in FEATURE_SETS:
                 for c in C_GRID:
                     choice = Choice(correction, features, c)

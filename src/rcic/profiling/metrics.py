@@ -23,6 +23,13 @@ from rcic.errors import InputError
 NULL_SIZE = 10000  # permutations of copairs' null for the mAP p-values
 THRESHOLD = 0.05  # on the corrected p-values: "retrieved"
 RECALL_PERCENTILES = (5.0, 95.0)
+# which rows the activity and consistency mAPs rank (pandas queries, recorded in metrics.json)
+ACTIVITY_ROWS = "Metadata_pert_type in ['trt', 'negcon'] and Metadata_sirna != ''"
+REFERENCE = "Metadata_pert_type == 'negcon'"
+TREATMENTS = "Metadata_pert_type == 'trt'"  # the profiles whose average precisions make the mAP
+CONSISTENCY_ROWS = (
+    "Metadata_pert_type == 'trt' and Metadata_pathway != '' and Metadata_CellType != 'all'"
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -120,10 +127,9 @@ def activity(
     from copairs.matching import assign_reference_index
 
     feats = feature_columns(wells)
-    keep = wells["Metadata_pert_type"].isin(["trt", "negcon"]) & (wells["Metadata_sirna"] != "")
     frame = assign_reference_index(
-        wells[keep].reset_index(drop=True),
-        "Metadata_pert_type == 'negcon'",
+        wells.query(ACTIVITY_ROWS).reset_index(drop=True),
+        REFERENCE,
         reference_col="Metadata_reference_index",
     )
     group = ["Metadata_sirna", "Metadata_CellType"] if per_cell_type else ["Metadata_sirna"]
@@ -134,12 +140,22 @@ def activity(
         "neg_diffby": ["Metadata_sirna", "Metadata_reference_index"],
     }
     ap = _average_precision(frame, feats, params, "no siRNA has two wells of one cell type")
-    ap = ap[ap["Metadata_pert_type"] == "trt"]
+    ap = ap.query(TREATMENTS)
     table = _quiet_map(ap, group, seed)
     params.update(
         map_sameby=group, null_size=NULL_SIZE, threshold=THRESHOLD, seed=seed, distance="cosine"
     )
-    return table, params
+    return table, {**_recipe(params, ACTIVITY_ROWS, REFERENCE), "map_rows": TREATMENTS}
+
+
+def _recipe(params: dict, rows: str, reference: str | None = None) -> dict:
+    """copairs' parameters and what else a notebook needs to recompute the mAP from the table
+    alone: the rows ranked (a pandas query), the reference query that builds
+    ``Metadata_reference_index`` (copairs' ``assign_reference_index``), the features used."""
+    recipe = {"rows": rows, "features": "every column not named Metadata_*"}
+    if reference:
+        recipe.update(reference_query=reference, reference_col="Metadata_reference_index")
+    return {**params, **recipe}
 
 
 def consistency(consensus: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict]:
@@ -147,9 +163,7 @@ def consistency(consensus: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, d
     pathway (``Metadata_pathway``) against those of other pathways, within a cell type; the mAP
     per pathway x cell type."""
     feats = feature_columns(consensus)
-    frame = consensus[
-        (consensus["Metadata_pert_type"] == "trt") & (consensus["Metadata_pathway"] != "")
-    ].reset_index(drop=True)
+    frame = consensus.query(CONSISTENCY_ROWS).reset_index(drop=True)
     params = {
         "pos_sameby": ["Metadata_pathway", "Metadata_CellType"],
         "pos_diffby": ["Metadata_sirna"],
@@ -165,7 +179,7 @@ def consistency(consensus: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, d
         seed=seed,
         distance="cosine",
     )
-    return table, params
+    return table, _recipe(params, CONSISTENCY_ROWS)
 
 
 def pooled_activity_map(wells: pd.DataFrame, seed: int = 0) -> float:

@@ -37,10 +37,11 @@ def features_table(store, sites: pd.DataFrame) -> pd.DataFrame:
 
 # --- batch correction and consensus (pycytominer) -----------------------------------------------
 
-CORRECTIONS = ("none", "standardize", "spherize", "spherize-pca", "tvn")
+PROFILE_CORRECTIONS = ("none", "standardize", "spherize", "spherize-pca", "tvn", "harmony")
 WHITENING = {"spherize": "ZCA", "spherize-pca": "PCA"}  # pycytominer's spherize_method
 EPSILONS = tuple(10.0**k for k in range(-4, 3))  # the spherize epsilons tried on validation
 NEGCON = "Metadata_pert_type == 'negcon'"
+HARMONY_PCS = 50  # principal components Harmony corrects (fewer where the table is smaller)
 
 
 def _pycytominer():
@@ -59,24 +60,52 @@ def _quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataFrame:
-    """Batch correction through pycytominer (imported here only: it switches pandas'
-    copy-on-write on for the whole process). ``standardize``: each experiment (``Metadata_Batch``)
-    z-scored on its negative controls (pycytominer ``normalize``); ``spherize``: that, then one ZCA
-    whitening (``normalize(method="spherize")``, `epsilon` its regulariser) fitted on all wells,
-    not on the controls: RxRx1 has one negative control per plate, and after the first step each
-    experiment's controls are centred on themselves, which leaves too few independent ones to
-    whiten a few hundred features; ``spherize-pca``: the same with PCA whitening (rotated onto the
-    principal axes, where ZCA stays closest to the standardised features); ``none``: the table as
-    it is; ``tvn``: rcic's typical variation normalisation (`rcic.profiling.corrections.tvn`), each experiment
-    centred on its negative controls, then whitened by their covariance shrunk towards its mean
-    eigenvalue, which whitens on the controls where pycytominer's spherize cannot."""
-    if method not in CORRECTIONS:
-        raise InputError(f"unknown correction {method!r}; choose from {CORRECTIONS}")
-    if method == "none":
+def correction_steps(correction: str | list[str]) -> list[str]:
+    """The steps of a ``--correction`` value (a comma list, applied in order), checked by name."""
+    steps = correction.split(",") if isinstance(correction, str) else list(correction)
+    steps = [s.strip() for s in steps if s.strip()]
+    for step in steps:
+        if step not in PROFILE_CORRECTIONS:
+            raise InputError(f"unknown correction {step!r}; choose from {PROFILE_CORRECTIONS}")
+    if sum(step in WHITENING for step in steps) > 1:
+        raise InputError(f"correction {','.join(steps)!r}: at most one whitening step")
+    return steps or ["none"]
+
+
+def correct_profiles(
+    frame: pd.DataFrame, correction: str | list[str], epsilon: float = 1e-2
+) -> pd.DataFrame:
+    """Apply the correction steps of `correction` in order (``standardize,harmony``, say):
+
+    - ``standardize``: each experiment (``Metadata_Batch``) z-scored on its negative controls
+      (pycytominer ``normalize``);
+    - ``spherize``: that, then one ZCA whitening (``normalize(method="spherize")``, `epsilon` its
+      regulariser) fitted on all wells, not on the controls: RxRx1 has one negative control per
+      plate, and after the first step each experiment's controls are centred on themselves, which
+      leaves too few independent ones to whiten a few hundred features; ``spherize-pca``: the
+      same with PCA whitening (rotated onto the principal axes, where ZCA stays closest to the
+      standardised features);
+    - ``tvn``: rcic's typical variation normalisation (`rcic.profiling.corrections.tvn`), each
+      experiment centred on its negative controls, then whitened by their covariance shrunk
+      towards its mean eigenvalue, which whitens on the controls where spherize cannot;
+    - ``harmony``: ``standardize``, then Harmony (harmonypy; batch = experiment) on the principal
+      components of the standardised profiles (`harmony`);
+    - ``none``: the table as it is.
+
+    pycytominer is imported here only: it switches pandas' copy-on-write on for the whole
+    process."""
+    for step in correction_steps(correction):
+        frame = _correct_step(frame, step, epsilon)
+    return frame
+
+
+def _correct_step(frame: pd.DataFrame, step: str, epsilon: float) -> pd.DataFrame:
+    if step == "none":
         return frame
-    if method == "tvn":
+    if step == "tvn":
         return _tvn(frame)
+    if step == "harmony":
+        return harmony(_correct_step(frame, "standardize", epsilon))
     normalize = _pycytominer().normalize
     feats, meta = feature_columns(frame), metadata_columns(frame)
     parts = []
@@ -85,10 +114,44 @@ def correct(frame: pd.DataFrame, method: str, epsilon: float = 1e-2) -> pd.DataF
             raise InputError(f"experiment {part['Metadata_Batch'].iat[0]}: no negative controls")
         parts.append(_quiet(normalize, part, features=feats, meta_features=meta, samples=NEGCON))
     out = pd.concat(parts).loc[frame.index]
-    if method in WHITENING:
-        return _whiten(out[meta + feats], meta, feats, method, epsilon)
+    if step in WHITENING:
+        return _whiten(out[meta + feats], meta, feats, step, epsilon)
     out[feats] = out[feats].astype(np.float32)
     return out[frame.columns]
+
+
+def principal_components(frame: pd.DataFrame, n: int = HARMONY_PCS) -> np.ndarray:
+    """The first `n` principal components (scores) of the features that vary, each feature
+    z-scored over all wells first; fewer where the table has fewer features or wells."""
+    from sklearn.decomposition import PCA
+
+    x = frame[feature_columns(frame)].to_numpy(np.float64)
+    x = x[:, x.std(axis=0) > 0]
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    k = max(1, min(n, x.shape[1], len(x) - 1))
+    return PCA(k, svd_solver="full").fit_transform(x)
+
+
+def harmony(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Harmony (Korsunsky et al., Nat Methods 2019; harmonypy) on the principal components of
+    `frame`'s features, batch = experiment (``Metadata_Batch``): the corrected components, named
+    ``harmony_0000...``. The batch correction a large benchmark of image-based profiles ranks among
+    the best (Arevalo et al., Nat Commun 2024) and JUMP's profiling recipe uses."""
+    import harmonypy
+
+    pcs = principal_components(frame)
+    batches = frame[["Metadata_Batch"]].astype(str).reset_index(drop=True)
+    if batches["Metadata_Batch"].nunique() < 2:
+        raise InputError("harmony: the wells come from one experiment; nothing to correct")
+    fitted = harmonypy.run_harmony(pcs, batches, "Metadata_Batch", random_state=seed, verbose=False)
+    values = _cells_by_dims(np.asarray(fitted.Z_corr), len(frame))
+    names = [f"harmony_{k:04d}" for k in range(values.shape[1])]
+    return make_table(frame[metadata_columns(frame)], values, names).set_index(frame.index)
+
+
+def _cells_by_dims(z: np.ndarray, n: int) -> np.ndarray:
+    """harmonypy's corrected matrix as wells x components (it returns components x wells)."""
+    return (z.T if z.shape[1] == n else z).astype(np.float32)
 
 
 def embed_metadata(frame: pd.DataFrame) -> pd.DataFrame:
@@ -209,16 +272,16 @@ def pathway_pairs(pathways: dict[int, int], profiles: pd.DataFrame) -> pd.DataFr
 
 
 def choose_epsilon(
-    frame: pd.DataFrame, split: str = "train", method: str = "spherize"
+    frame: pd.DataFrame, split: str = "train", correction: str | list[str] = "spherize"
 ) -> tuple[float, dict]:
-    """The spherize epsilon with the best activity mAP on the wells of `split` (the validation
-    experiments; the figures reported elsewhere come from other ones), each siRNA's wells of all
-    cell types together (a validation fold may hold one experiment per cell type)."""
+    """The spherize epsilon of `correction` with the best activity mAP on the wells of `split`
+    (the validation experiments; the figures reported elsewhere come from other ones), each siRNA's
+    wells of all cell types together (a validation fold may hold one experiment per cell type)."""
     from rcic.profiling import metrics as profile_metrics
 
     scores = {}
     for eps in EPSILONS:
-        part = correct(frame, method, eps)
+        part = correct_profiles(frame, correction, eps)
         scores[eps] = profile_metrics.pooled_activity_map(part[part["Metadata_split"] == split])
     return max(scores, key=scores.get), {str(k): v for k, v in scores.items()}
 
@@ -254,23 +317,26 @@ def run_profiles(
     ``metrics.json`` into `out`, and return the metrics. `evaluate`: the split whose labelled wells
     the consensus and metrics use (``all``: every labelled well); a spherize epsilon of ``auto`` is
     chosen on the ``train`` split's wells."""
+    steps = correction_steps(correction)
+    whitens = any(step in WHITENING for step in steps)
     frame, provenance = load_tables([Path(t) for t in tables])
     chosen = {}
-    if correction in WHITENING and epsilon == "auto":
-        epsilon, chosen = choose_epsilon(frame, method=correction)
-    wells = correct(frame, correction, float(epsilon if epsilon != "auto" else 1e-2))
+    if whitens and epsilon == "auto":
+        epsilon, chosen = choose_epsilon(frame, correction=steps)
+    wells = correct_profiles(frame, steps, float(epsilon if epsilon != "auto" else 1e-2))
     setup = {
-        "correction": correction,
-        "epsilon": epsilon if correction in WHITENING else None,
+        "correction": ",".join(steps),
+        "epsilon": epsilon if whitens else None,
         "epsilon_scores": chosen,
         "evaluate": evaluate,
+        "evaluate_rows": None if evaluate == "all" else f"Metadata_split == '{evaluate}'",
         "inputs": [str(t) for t in tables],
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_table(wells, out / "wells.parquet", {**provenance, **setup, "level": "well"})
     pathways, true = synthetic_truth(truth) if truth else (None, {})
-    part = wells if evaluate == "all" else wells[wells["Metadata_split"] == evaluate]
+    part = wells if evaluate == "all" else wells.query(setup["evaluate_rows"])
     cons = consensus(part, pathways)
     write_table(cons, out / "consensus.parquet", {**provenance, **setup, "level": "consensus"})
     scores, act = _scores(part, cons, (pathways, true), relationships, seed)
@@ -291,7 +357,7 @@ def _scores(part: pd.DataFrame, cons: pd.DataFrame, truth, relationships, seed: 
     act, act_params = pm.activity(part, seed)
     metrics = {"activity": pm.summarise(act), "copairs_activity": act_params}
     if pathways is not None:
-        con, con_params = pm.consistency(cons[cons["Metadata_CellType"] != "all"], seed)
+        con, con_params = pm.consistency(cons, seed)
         metrics.update(consistency=pm.summarise(con), copairs_consistency=con_params)
         metrics["true_vs_measured_spearman"] = pm.true_vs_measured(cons, true)
     pooled = cons[(cons["Metadata_CellType"] == "all") & (cons["Metadata_pert_type"] == "trt")]
