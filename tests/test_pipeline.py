@@ -142,8 +142,7 @@ def test_plate_stages_keep_accuracy_and_one_sirna_per_plate(
         tiny_screen,
         tmp_path / "again.csv",
         labels=labels,
-        well_method="hungarian",
-        calibrate="off",
+        options=submit.SubmitOptions(well_method="hungarian", calibrate="off"),
     )
     truth = pd.read_csv(labels).set_index("id_code").loc[res.submission["id_code"], "sirna"]
     well_plate = res.submission["id_code"].str.rsplit("_", n=1).str[0].to_numpy()

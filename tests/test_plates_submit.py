@@ -167,7 +167,7 @@ def test_submission_and_stage_scores(tiny_screen, tmp_path):
         tiny_screen,
         tmp_path / "sub.csv",
         labels=tiny_screen / "test_labels.csv",
-        well_method="hungarian",
+        options=submit.SubmitOptions(well_method="hungarian"),
     )
     sub = pd.read_csv(tmp_path / "sub.csv")
     assert sub.id_code.tolist() == pd.read_csv(tiny_screen / "test.csv").id_code.tolist()
@@ -185,7 +185,7 @@ def test_submission_and_stage_scores(tiny_screen, tmp_path):
         tiny_screen,
         tmp_path / "one.csv",
         labels=tiny_screen / "test_labels.csv",
-        stages=("ensemble",),
+        options=submit.SubmitOptions(stages=("ensemble",)),
     )
     assert (
         single.scores["ensemble"]["overall"] < s["ensemble"] + 0.2
@@ -373,7 +373,11 @@ def test_submit_calibrates_from_the_plates_only_when_asked_or_needed(tiny_screen
     _write_test_logits(tmp_path / "bare.npz", test, logits)  # no temperature stored
     kw = {"labels": tiny_screen / "test_labels.csv"}
     off = submit.run_submit(
-        [tmp_path / "bare.npz"], tiny_screen, tmp_path / "a.csv", calibrate="off", **kw
+        [tmp_path / "bare.npz"],
+        tiny_screen,
+        tmp_path / "a.csv",
+        options=submit.SubmitOptions(calibrate="off"),
+        **kw,
     )
     assert off.calibration == {"mode": "off"}
     auto = submit.run_submit([tmp_path / "bare.npz"], tiny_screen, tmp_path / "b.csv", **kw)

@@ -217,7 +217,7 @@ def test_every_cell_shows_its_front():
     for seed in range(20):
         rng = np.random.default_rng(seed)
         theta = rng.uniform(0, np.pi)
-        f = cellsim._frame(rng, zero, dx, dy, theta, 14.0, 1.8, 7.0, 1.3)
+        f = cellsim._frame(rng, zero, dx, dy, theta, (14.0, 1.8, 7.0, 1.3))
         front = np.array([np.cos(theta), np.sin(theta)])  # the cell's long axis, either end
         edge = cellsim._leading_edge(f)
         at_edge = np.array([(edge * dx).sum(), (edge * dy).sum()]) / edge.sum()

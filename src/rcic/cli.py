@@ -530,12 +530,14 @@ def cmd_submit(args) -> int:
         weights=args.weights,
         combine=_combine(args),
         labels=args.labels,
-        stages=stages,
         temperature=args.temperature,
-        calibrate=args.calibrate,
-        group_method=args.group_method,
-        well_method=args.well_method,
-        sharpen=args.sharpen,
+        options=submit.SubmitOptions(
+            group_method=args.group_method,
+            well_method=args.well_method,
+            sharpen=args.sharpen,
+            calibrate=args.calibrate,
+            stages=stages,
+        ),
         pseudo_out=args.pseudo_out,
         pseudo_top=args.pseudo_top,
         label_map=args.label_map,
@@ -703,7 +705,9 @@ def _add_embed_head(sub) -> None:
         "--apply", type=Path, required=True, help="embeddings to classify (e.g. the test split)"
     )
     p.add_argument(
-        "--correction", default="standardize", help=f"comma-separated steps from {EMBED_CORRECTIONS}"
+        "--correction",
+        default="standardize",
+        help=f"comma-separated steps from {EMBED_CORRECTIONS}",
     )
     p.add_argument("--level", choices=["plate", "experiment"], default="plate")
     p.add_argument("--head", choices=EMBED_HEADS, default="centroid")

@@ -195,8 +195,15 @@ def _score(out: Path, data: Path, logits: dict[str, Path]) -> dict:
     """Every route through the plate stages, scored against the screen's hidden labels."""
     labels, cnn = data / "test_labels.csv", [logits["model-0"], logits["model-1"]]
 
-    def run(files, folder, **kw):
-        res = submit.run_submit(files, data, out / folder / "submission.csv", labels=labels, **kw)
+    def run(files, folder, weights=None, **options):
+        res = submit.run_submit(
+            files,
+            data,
+            out / folder / "submission.csv",
+            weights=weights,
+            labels=labels,
+            options=submit.SubmitOptions(**options),
+        )
         return {k: v["overall"] for k, v in res.scores.items()}, res
 
     single, _ = run([logits["model-0"]], "single", stages=("ensemble",))

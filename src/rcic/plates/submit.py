@@ -206,13 +206,11 @@ def run_submit(
     pseudo_top: float = 0.5,
     label_map=None,
     reference=None,
-    **option_fields,
 ) -> SubmitResult:
-    """Read the logits files and metadata, :func:`make_submission`, check and write `out` (and
-    `stages.json` beside it). Keyword arguments named like SubmitOptions' fields override
-    `options`."""
+    """Read the logits files and metadata, :func:`make_submission` with `options`, check and
+    write `out` (and `stages.json` beside it)."""
     t0 = time.perf_counter()
-    options = replace(options or SubmitOptions(), **option_fields)
+    options = options or SubmitOptions()
     if pseudo_out:  # pseudo-labels rank wells by their one-per-plate marginals
         options = replace(options, marginals=True)
     sites = load_metadata(metadata_dir, label_map=label_map, reference=reference)

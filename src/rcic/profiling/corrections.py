@@ -38,7 +38,7 @@ MISSING_LOGIT = (
 )  # logit of a class a head cannot score (no training wells), finite by the file format
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     """Each row scaled to unit length (zero rows stay zero)."""
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norm > 0, norm, 1.0)
@@ -153,19 +153,19 @@ def centroid_logits(
 ) -> np.ndarray:
     """Cosine similarity to class centroids of the same cell type (all cell types where it has none)."""
     logits = np.full((len(emb), layout.N_CLASSES), MISSING_LOGIT)
-    x = _unit_rows(emb)
+    x = unit_rows(emb)
     labels = train_meta["sirna"].to_numpy()
     cts = train_meta["cell_type"].to_numpy()
     for ct in np.unique(meta["cell_type"]):
         rows = (meta["cell_type"] == ct).to_numpy()
         pool = cts == ct if (cts == ct).any() else np.ones(len(cts), bool)
         classes = np.unique(labels[pool])
-        cents = _unit_rows(np.stack([train_emb[pool & (labels == c)].mean(0) for c in classes]))
+        cents = unit_rows(np.stack([train_emb[pool & (labels == c)].mean(0) for c in classes]))
         logits[np.ix_(rows, classes)] = scale * x[rows] @ cents.T
         # classes seen only in other cell types: their all-cell-type centroids
         rest = np.setdiff1d(np.unique(labels), classes)
         if len(rest):
-            other = _unit_rows(np.stack([train_emb[labels == c].mean(0) for c in rest]))
+            other = unit_rows(np.stack([train_emb[labels == c].mean(0) for c in rest]))
             logits[np.ix_(rows, rest)] = scale * x[rows] @ other.T
     return logits
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from rcic.data.tables import feature_columns, metadata_columns
 from rcic.errors import InputError
+from rcic.profiling.corrections import unit_rows
 
 NULL_SIZE = 10000  # permutations of copairs' null for the mAP p-values
 THRESHOLD = 0.05  # on the corrected p-values: "retrieved"
@@ -32,12 +33,8 @@ CONSISTENCY_ROWS = (
 )
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-
-
 def cosine_matrix(x: np.ndarray) -> np.ndarray:
-    u = _unit(np.asarray(x, np.float64))
+    u = unit_rows(np.asarray(x, np.float64))
     return u @ u.T
 
 

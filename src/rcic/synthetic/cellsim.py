@@ -334,7 +334,7 @@ class _Canvas:
         noise = rng.standard_normal((3, full, full)).astype(np.float32)
         sig = (max(0.5, radius / 14), max(0.8, radius / 7), max(1.5, radius / 3.5))
         self.tex = np.stack(
-            [_unit(ndimage.gaussian_filter(n, s)) for n, s in zip(noise, sig, strict=True)]
+            [_zscore(ndimage.gaussian_filter(n, s)) for n, s in zip(noise, sig, strict=True)]
         )
 
     def window(self, cy: float, cx: float, half: int):
@@ -348,7 +348,7 @@ class _Canvas:
         return self.img[:, p:-p, p:-p]
 
 
-def _unit(a: np.ndarray) -> np.ndarray:
+def _zscore(a: np.ndarray) -> np.ndarray:
     return (a - a.mean()) / (a.std() + 1e-6)
 
 
@@ -465,6 +465,10 @@ class _Frame:
     front: float  # 0 or pi: the end of the nucleus axis where the cytoplasm is wider
     an: float  # the nucleus' half axes
     bn: float
+    r_n: float  # the nucleus' radius
+    dx: np.ndarray  # the window's offsets from the cell's centre
+    dy: np.ndarray
+    theta: float  # the direction of the cell's long axis
 
 
 def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p, axis) -> None:
@@ -477,13 +481,10 @@ def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p, axis) -> None:
     theta = axis + (1 - aligned) * rng.uniform(-np.pi / 2, np.pi / 2) + rng.normal(0, 0.1)
     half = int(np.ceil(r_c * np.sqrt(e_c) * 1.25)) + 2
     sl, dy, dx = canvas.window(pos[0], pos[1], half)
-    f = _frame(rng, p, dx, dy, theta, r_c, e_c, r_n, e_n)
+    f = _frame(rng, p, dx, dy, theta, (r_c, e_c, r_n, e_n))
     tex = [canvas.tex[k][sl] for k in range(3)]
     planes = np.empty((6,) + f.cell.shape, np.float32)
-    planes[0] = (
-        _nucleus_plane(rng, p, state, f.nucleus, tex, f.nu, f.nv, r_n)
-        * (NUCLEUS * r_cell / r_n) ** 1.2
-    )
+    planes[0] = _nucleus_plane(rng, p, state, f, tex) * (NUCLEUS * r_cell / r_n) ** 1.2
     back = f.front + np.pi
     er_at = _gather(rng, p[D["er_polarity"]], back, f.front)
     planes[1] = _spread(
@@ -493,30 +494,32 @@ def _draw_cell(canvas: _Canvas, rng, pos, r_cell, elong, p, axis) -> None:
         (0.8 + 0.25 * np.clip(tex[1], -1, 2)) * _toward(f.ang, er_at, GATHER["er"]),
         f.around,
     )
-    actin = _actin(rng, p, f.cell, f.cyto, f.rho_c, tex, dx, dy, theta, r_cell)
+    actin = _actin(rng, p, f, tex, r_cell)
     edge = _leading_edge(f)
     planes[2] = (1 - LEADING_EDGE) * actin + LEADING_EDGE * edge * (
         actin.sum() / (edge.sum() + 1e-6)
     )
     rna_at = _gather(rng, p[D["rna_polarity"]], f.front, back)
     rna = _spread(f.cyto, f.t, 1.0, _toward(f.ang, rna_at, GATHER["rna"]), f.around)
-    planes[3] = _nucleoli(rng, p, state, f.nucleus, rna, f.nu, f.nv, f.an, f.bn, r_n, f.front)
+    planes[3] = _nucleoli(rng, p, state, f, rna)
     across = np.pi / 2 * _sig(2 * p[D["mito_position"]] - 1.5 + rng.normal(0, 0.3))
     turn = across * rng.choice((-1, 1))
     mito_at = _gather(rng, p[D["mito_polarity"]], back + turn, f.front + turn)
     mito = (0.5 + 1.0 * np.maximum(tex[0], 0)) * _toward(f.ang, mito_at, GATHER["mito"])
     planes[4] = _spread(f.cyto, f.t, 1.0, mito, f.around)  # a network through the cytoplasm
     golgi_at = _gather(rng, p[D["golgi_side"]], back, f.front)
-    planes[5] = _golgi(rng, p, f.cell, f.around + f.nucleus, f.rho_c, f.nu, f.nv, r_n, golgi_at)
+    planes[5] = _golgi(rng, p, f, golgi_at)
     if state == "dying":
         planes[[1, 4]] *= 0.5
     win = canvas.img[(slice(None),) + sl]
     np.maximum(win, planes * gain, out=win)
 
 
-def _frame(rng, p, dx, dy, theta, r_c, e_c, r_n, e_n) -> _Frame:
+def _frame(rng, p, dx, dy, theta, sizes) -> _Frame:
     """The cell's outline (turned by `theta`, a little wobbly), its nucleus pushed back from the
-    front along the long axis and turned from it, and the coordinates around the nucleus."""
+    front along the long axis and turned from it, and the coordinates around the nucleus;
+    `sizes`: the cell's radius and elongation, the nucleus' radius and elongation."""
+    r_c, e_c, r_n, e_n = sizes
     ct, st = np.cos(theta), np.sin(theta)
     u, v = dx * ct + dy * st, -dx * st + dy * ct
     a, b = r_c * np.sqrt(e_c), r_c / np.sqrt(e_c)
@@ -553,6 +556,10 @@ def _frame(rng, p, dx, dy, theta, r_c, e_c, r_n, e_n) -> _Frame:
         front=0.0 if ahead > 0 else np.pi,
         an=an,
         bn=bn,
+        r_n=r_n,
+        dx=dx,
+        dy=dy,
+        theta=theta,
     )
 
 
@@ -562,7 +569,8 @@ def _leading_edge(f: _Frame) -> np.ndarray:
     return f.cell * np.exp(-(((f.rho_c - 0.8) / 0.2) ** 2)) * _toward(f.phi, 0.0, 2.0)
 
 
-def _nucleus_plane(rng, p, state, nucleus, tex, nu, nv, r_n):
+def _nucleus_plane(rng, p, state, f: _Frame, tex):
+    nucleus, nu, nv, r_n = f.nucleus, f.nu, f.nv, f.r_n
     if state == "dying":  # fragmented: a few small bright pieces
         out = np.zeros_like(nucleus)
         for du, dv in rng.normal(0, 0.7 * r_n, (int(rng.integers(2, 5)), 2)):
@@ -581,7 +589,10 @@ def _spread(cyto, t, scale, texture, region=None):
     return prof * (cyto.sum() / (prof.sum() + 1e-6))
 
 
-def _actin(rng, p, cell, cyto, rho_c, tex, dx, dy, theta, r_cell):
+def _actin(rng, p, f: _Frame, tex, r_cell):
+    """Actin: a ring under the cell's rim and fibres across it, turned from its long axis by
+    `actin_alignment`, mixed in a random share, with the same total either way."""
+    cell, cyto, rho_c, dx, dy, theta = f.cell, f.cyto, f.rho_c, f.dx, f.dy, f.theta
     ring = np.exp(-(((rho_c - 0.9) / 0.12) ** 2)) * cell
     tf = theta + np.pi / 2 * _sig(2.5 * p[D["actin_alignment"]] - 1 + rng.normal(0, 0.3))
     w = -dx * np.sin(tf) + dy * np.cos(tf)
@@ -596,7 +607,10 @@ def _actin(rng, p, cell, cyto, rho_c, tex, dx, dy, theta, r_cell):
     return 0.3 * out + 0.15 * cyto
 
 
-def _nucleoli(rng, p, state, nucleus, cyto, nu, nv, an, bn, r_n, front):
+def _nucleoli(rng, p, state, f: _Frame, cyto):
+    """RNA: `cyto` (the stain spread through the cytoplasm) and a little in the nucleus, plus a
+    few nucleoli on the side `nucleoli_position` picks (none in mitotic or dying cells)."""
+    nucleus, nu, nv, an, bn, r_n, front = f.nucleus, f.nu, f.nv, f.an, f.bn, f.r_n, f.front
     rna = 0.3 * cyto + 0.15 * nucleus
     if state in ("mitotic", "dying"):
         return rna
@@ -613,8 +627,9 @@ def _nucleoli(rng, p, state, nucleus, cyto, nu, nv, an, bn, r_n, front):
     return rna + np.minimum(spots, 1.5) * nucleus * min(1.0, 0.45 * np.pi * r_n**2 / area * 0.35)
 
 
-def _golgi(rng, p, cell, reach, rho_c, nu, nv, r_n, centre):
+def _golgi(rng, p, f: _Frame, centre):
     """Golgi: a few blobs on one side of the nucleus (`centre`), close to it or further out."""
+    cell, reach, rho_c, nu, nv, r_n = f.cell, f.around + f.nucleus, f.rho_c, f.nu, f.nv, f.r_n
     k = 4
     ang = centre + 1.2 * (np.linspace(-0.5, 0.5, k) + rng.normal(0, 0.08, k))
     out = 0.2 * _sig(2 * p[D["golgi_polarity"]] + rng.normal(0, 0.3))
