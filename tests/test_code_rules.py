@@ -82,6 +82,26 @@ def test_no_function_is_longer_than_fifty_lines():
     assert not long, "\n".join(long)
 
 
+def _exception_classes(path: Path) -> list[str]:
+    """Classes in `path` that derive from an exception (a base whose name ends in Error)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ClassDef):
+            bases = [ast.unparse(b).split(".")[-1] for b in node.bases]
+            if any(b.endswith(("Error", "Exception")) for b in bases):
+                found.append(f"{path.name}:{node.lineno} {node.name}")
+    return found
+
+
+def test_every_error_class_lives_in_errors_py():
+    """One error hierarchy in one module: a reader finds every error rcic raises in one place."""
+    outside = [
+        e for p in sorted(SRC.rglob("*.py")) if p.name != "errors.py" for e in _exception_classes(p)
+    ]
+    assert not outside, outside
+    assert len(_exception_classes(SRC / "errors.py")) >= 10
+
+
 def test_every_entry_point_rcic_advertises_resolves():
     """`import rcic` lists its entry points in `__all__`; each must load from the module named."""
     import rcic

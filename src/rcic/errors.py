@@ -34,3 +34,19 @@ class MissingFileError(RcicError, FileNotFoundError):
 
 class SubmissionError(RcicError, ValueError):
     """The inputs cannot make a valid submission; the message says which file and wells."""
+
+
+class ConfigError(RcicError, ValueError):
+    """A configuration key or value is wrong; the message names it."""
+
+
+class OutputError(RcicError, OSError):
+    """An output location rcic cannot write to; the message names it and why."""
+
+
+class LogitsError(RcicError, ValueError):
+    """A logits file breaks the format; the message names the file and the fault."""
+
+
+class MetadataError(RcicError, ValueError):
+    """A metadata table breaks a rule; the message names the file and rows."""

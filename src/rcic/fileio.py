@@ -13,11 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rcic.errors import RcicError
-
-
-class OutputError(RcicError, OSError):
-    """An output location rcic cannot write to; the message names it and why."""
+from rcic.errors import OutputError, RcicError
 
 
 def make_dir(path: str | Path) -> Path:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from rcic import layout
-from rcic.errors import RcicError
+from rcic.errors import MetadataError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ SITE_COLUMNS = [
 ]
 KAGGLE_FILES = ("train.csv", "test.csv", "train_controls.csv", "test_controls.csv")
 NEGATIVE_NAME = "UNTREATED"
-
-
-class MetadataError(RcicError, ValueError):
-    """A metadata table breaks a rule; the message names the file and rows."""
 
 
 @dataclass

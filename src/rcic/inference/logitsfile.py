@@ -22,14 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from rcic import layout
-from rcic.errors import RcicError
+from rcic.errors import LogitsError
 from rcic.fileio import atomic_path
 
 PER_WELL = ("experiment", "plate", "well", "cell_type", "sirna", "well_type", "oof", "embedding")
-
-
-class LogitsError(RcicError, ValueError):
-    """A logits file breaks the format; the message names the file and the fault."""
 
 
 def write_logits(path: str | Path, id_code, logits: np.ndarray, **extra) -> Path:

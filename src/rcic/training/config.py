@@ -11,15 +11,11 @@ from pathlib import Path
 
 import yaml
 
-from rcic.errors import RcicError
+from rcic.errors import ConfigError
 from rcic.fileio import atomic_text
 
 NORMALISATIONS = ("plate", "plate_neg", "image", "global")
 HEADS = ("softmax", "arcface", "both")
-
-
-class ConfigError(RcicError, ValueError):
-    """A configuration key or value is wrong; the message names it."""
 
 
 @dataclass
