@@ -151,6 +151,12 @@ def _add_inference_args(p) -> None:
         default=0,
         help="CPU threads (default 0: this process's share of the cores it may run on)",
     )
+    p.add_argument(
+        "--part",
+        metavar="K/N",
+        help="only the split's plates dealt to part K of N, as prepare deals them (one output per "
+        "part; submit and profiles join the parts of one model)",
+    )
 
 
 def _sites(args):
@@ -386,6 +392,7 @@ def _run_split_out(args) -> tuple:
 
 def _inference_options(args):
     """The options `_add_inference_args` adds."""
+    from rcic.data.packing import parse_part
     from rcic.inference.predict import InferenceOptions
 
     return InferenceOptions(
@@ -394,6 +401,7 @@ def _inference_options(args):
         batch_size=args.batch_size,
         device=args.device,
         threads=args.threads,
+        part=parse_part(args.part) if args.part else None,
     )
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from rcic.data import tables
 from rcic.inference.logitsfile import write_logits
-from rcic.inference.predict import InferenceOptions, predict_split
+from rcic.inference.predict import InferenceOptions, part_fields, predict_split
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def embed_run(
             "checkpoint": options.checkpoint,
             "views": options.views,
             "split": split,
+            **part_fields(pr, options),
         }
         return _profile_table(out, wells, oof, res, how)
     return write_logits(
@@ -53,6 +54,7 @@ def embed_run(
         source=source,
         checkpoint=options.checkpoint,
         views=options.views,
+        **part_fields(pr, options),
         **res,
     )
 

@@ -87,3 +87,102 @@ def _check(arrays: dict, path: Path) -> None:
         np.isfinite(arrays["temperature"]) and float(arrays["temperature"]) > 0
     ):
         raise LogitsError(f"{path}: temperature must be a positive number")
+
+
+# --- parts: one model's prediction written by several processes --------------------------------
+
+
+def part_label(part: tuple[int, int]) -> str:
+    """(K, N) -> 'K/N', as files record it."""
+    return f"{part[0]}/{part[1]}"
+
+
+def _part_numbers(label: str, where) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in str(label).split("/"))
+    except ValueError:
+        raise LogitsError(f"{where}: part {label!r} is not K/N") from None
+    return k, n
+
+
+def group_parts(entries: list[tuple[object, str | None, str | None]]) -> list[list[int]]:
+    """Which of `entries` (where, model, part label or None) make one model: a file without a
+    part is a model alone; the files of one `model` with parts must be parts 1..N of one N, each
+    once. Returns the entries' indices per model, parts in order, models in order of first sight;
+    LogitsError names a missing, repeated or mismatched part."""
+    groups: list[list[int]] = []
+    by_model: dict[str, list[int]] = {}
+    for i, (_, model, part) in enumerate(entries):
+        if part is None:
+            groups.append([i])
+        elif model not in by_model:
+            by_model[model] = [i]
+            groups.append(by_model[model])
+        else:
+            by_model[model].append(i)
+    for model, idx in by_model.items():
+        idx.sort(key=lambda i: _part_numbers(entries[i][2], entries[i][0]))
+        _check_parts(model, [entries[i] for i in idx])
+    return groups
+
+
+def _check_parts(model: str, entries: list) -> None:
+    numbers = [_part_numbers(part, where) for where, _, part in entries]
+    counts = {n for _, n in numbers}
+    if len(counts) > 1:
+        shown = ", ".join(f"{w} ({p})" for w, _, p in entries)
+        raise LogitsError(f"model {model}: parts of different counts: {shown}")
+    n = counts.pop()
+    for (k, _), (where, _, _), (k_next, _), (other, _, _) in zip(
+        numbers, entries, numbers[1:], entries[1:], strict=False
+    ):
+        if k == k_next:
+            raise LogitsError(f"model {model}: part {k}/{n} given twice: {where} and {other}")
+    missing = sorted(set(range(1, n + 1)) - {k for k, _ in numbers})
+    if missing:
+        have = ", ".join(str(w) for w, _, _ in entries)
+        raise LogitsError(
+            f"model {model}: part(s) {', '.join(f'{k}/{n}' for k in missing)} missing "
+            f"(given: {have})"
+        )
+
+
+def join_parts(files: list[dict], paths: list) -> dict:
+    """One model's logits from the arrays of its parts (`group_parts` order): per-well arrays
+    concatenated, the rest from the first part; LogitsError where a well is in two parts or the
+    parts carry different temperatures (a temperature belongs to the model, fitted once)."""
+    if len(files) == 1:
+        return files[0]
+    temps = {float(f["temperature"]) if "temperature" in f else None for f in files}
+    if len(temps) > 1:
+        raise LogitsError(
+            f"{paths[0]} ...: the parts carry different temperatures {sorted(temps, key=str)}; "
+            "predict every part with the temperature fitted on the model's held-out fold"
+        )
+    joined = dict(files[0])
+    for key in ("id_code", "logits", *PER_WELL):
+        if all(key in f for f in files):
+            joined[key] = np.concatenate([f[key] for f in files])
+    ids, counts = np.unique(joined["id_code"], return_counts=True)
+    if (counts > 1).any():
+        raise LogitsError(f"{paths}: well {ids[counts > 1][0]} is in two parts")
+    joined.pop("part", None)
+    return joined
+
+
+def read_models(paths: list[str | Path]) -> list[tuple[list[Path], dict]]:
+    """The logits files of `paths` as models: each file alone, or the parts of one model
+    (``model`` and ``part`` fields, as `rcic predict --part` writes them) joined into one."""
+    paths = [Path(p) for p in paths]
+    files = [read_logits(p) for p in paths]
+    entries = [
+        (p, _field(f, "model"), _field(f, "part")) for p, f in zip(paths, files, strict=True)
+    ]
+    return [
+        ([paths[i] for i in idx], join_parts([files[i] for i in idx], [paths[i] for i in idx]))
+        for idx in group_parts(entries)
+    ]
+
+
+def _field(arrays: dict, key: str) -> str | None:
+    return str(arrays[key]) if key in arrays else None

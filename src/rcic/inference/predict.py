@@ -12,10 +12,11 @@ import torch
 from scipy.special import log_softmax
 from torch.utils.data import DataLoader
 
+from rcic.data.packing import part_mask
 from rcic.data.store import SiteStore
 from rcic.errors import InputError
 from rcic.inference.calibration import fit_temperature
-from rcic.inference.logitsfile import write_logits
+from rcic.inference.logitsfile import part_label, write_logits
 from rcic.training.batches import (
     BatchTransform,
     SiteDataset,
@@ -56,12 +57,15 @@ def predict_logits(
     if combine not in ("mean", "logprob"):
         raise InputError(f"combine {combine!r}: expected mean or logprob")
     device = torch.device(device)
-    rows = store_rows(st, sites)
+    rows = store_rows(st, sites).sort_values(["experiment", "plate"], kind="stable")
+    rows = rows.reset_index(drop=True)
     stats = _norm_stats(model, cfg, st, rows)
     dataset = SiteDataset(
         st, rows, rows["sirna"].to_numpy(), stats, cache=cache_fits(st, len(rows), cfg.cache_mb)
     )
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_batch)
+    loader = DataLoader(
+        dataset, batch_sampler=plate_batches(rows, batch_size), collate_fn=collate_batch
+    )
     transform = BatchTransform(cfg.image_size or st.size)
     model = model.to(device)
     if cfg.channels_last:
@@ -80,6 +84,20 @@ def predict_logits(
     per_site = res["logits"] if combine == "mean" else log_softmax(res["logits"], axis=1)
     frame = rows.iloc[res["rows"]].reset_index(drop=True)
     return _per_well(frame, per_site, res.get("embedding"))
+
+
+def plate_batches(rows: pd.DataFrame, batch_size: int) -> list[list[int]]:
+    """Batches of at most `batch_size` consecutive rows that never span two plates, so a plate's
+    sites meet the model in the same batches whichever other plates are predicted with it: a part
+    of the screen (`--part`) gives the numbers one pass over it gives."""
+    plate = rows["experiment"].astype(str) + "/" + rows["plate"].astype(str)
+    starts = np.flatnonzero(np.r_[True, plate.to_numpy()[1:] != plate.to_numpy()[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    return [
+        list(range(b, min(b + batch_size, end)))
+        for start, end in zip(starts, ends, strict=True)
+        for b in range(start, end, batch_size)
+    ]
 
 
 def _norm_stats(model, cfg: TrainConfig, st: SiteStore, rows: pd.DataFrame) -> np.ndarray:
@@ -121,7 +139,8 @@ def _per_well(
 class InferenceOptions:
     """How `rcic predict` and `rcic embed` apply a run's model: its `checkpoint` (best, last or a
     path), the first `views` of the 8 flips/rotations (over both sites), `batch_size`, `device`
-    (auto, cpu, cuda), CPU `threads` (0: this process's share of the cores) and a progress bar."""
+    (auto, cpu, cuda), CPU `threads` (0: this process's share of the cores), a progress bar, and
+    the `part` of the split's plates to predict."""
 
     checkpoint: str = "best"
     views: int = 8
@@ -129,6 +148,8 @@ class InferenceOptions:
     device: str = "auto"
     threads: int = 0
     progress: bool = True
+    part: tuple[int, int] | None = None
+    """(K, N): only the plates dealt to part K of N (`rcic.data.packing.part_mask`)."""
 
 
 @dataclass
@@ -138,6 +159,7 @@ class _Prediction:
     cfg: TrainConfig
     st: SiteStore
     held_out: list[str] | None  # as the run recorded them
+    model: str  # the checkpoint's digest: which parts belong to one model
 
 
 def predict_split(run, sites, store, split, options: InferenceOptions, *, treatments_only, **kw):
@@ -147,13 +169,26 @@ def predict_split(run, sites, store, split, options: InferenceOptions, *, treatm
     device = resolve_device(options.device)
     model, cfg = load_checkpoint(run, options.checkpoint, device)
     held_out = RunFolder(run).held_out()
-    chosen = split_sites(sites, split, cfg, treatments_only, held_out=held_out)
+    chosen = _part_of(split_sites(sites, split, cfg, treatments_only, held_out=held_out), options)
     st = SiteStore(store)
     RunFolder(run).check_store_kind(st.kind, st.path)
     o = options
     kw.update(views=o.views, batch_size=o.batch_size, progress=o.progress)
     res = predict_logits(model, cfg, chosen, st, device=device, **kw)
-    return _Prediction(res, chosen, cfg, st, held_out)
+    digest = RunFolder(run).checkpoint_digest(options.checkpoint)
+    return _Prediction(res, chosen, cfg, st, held_out, digest)
+
+
+def _part_of(chosen: pd.DataFrame, options: InferenceOptions) -> pd.DataFrame:
+    """The sites of the plates dealt to `options.part` (all of them without one)."""
+    if options.part is None:
+        return chosen
+    mine = chosen[part_mask(chosen, options.part)]
+    if mine.empty:
+        k, n = options.part
+        plates = chosen.groupby(["experiment", "plate"]).ngroups
+        raise InputError(f"--part {k}/{n}: no plate dealt to it (the split has {plates} plates)")
+    return mine
 
 
 def predict_run(
@@ -173,6 +208,11 @@ def predict_run(
     otherwise `temperature` (for example from a fold's file) is stored if given.
     """
     options = options or InferenceOptions()
+    if options.part is not None and split not in ("test", "train") and temperature is None:
+        raise InputError(
+            f"--part on fold {split}: the temperature is fitted once on the whole held-out fold; "
+            "predict the fold in one pass, or give its --temperature to every part"
+        )
     pr = predict_split(run, sites, store, split, options, treatments_only=True, combine=combine)
     res = pr.res
     if split not in ("test", "train") and temperature is None:
@@ -186,5 +226,11 @@ def predict_run(
         source=str(run),
         checkpoint=options.checkpoint,
         views=options.views,
+        **part_fields(pr, options),
         **res,
     )
+
+
+def part_fields(pr: _Prediction, options: InferenceOptions) -> dict:
+    """What an output records so that its parts can be joined: the model's digest, and the part."""
+    return {"model": pr.model, "part": part_label(options.part) if options.part else None}

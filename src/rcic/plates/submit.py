@@ -23,7 +23,7 @@ from rcic.data.rules import PlateGroups, discover_groups
 from rcic.errors import SubmissionError
 from rcic.fileio import atomic_csv, atomic_text
 from rcic.inference.calibration import log_softmax
-from rcic.inference.logitsfile import read_logits
+from rcic.inference.logitsfile import read_models
 from rcic.metrics import accuracy_table, read_id_sirna
 from rcic.plates.postprocess import (
     CALIBRATE_DEFAULT,
@@ -50,7 +50,8 @@ def combine_logits(
     temperature: float | None = None,
     ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Weighted mean of several logits files, each first divided by its own temperature.
+    """Weighted mean of several models' logits, each first divided by its own temperature; the
+    parts of one model (`rcic predict --part`) are joined into that model first.
 
     Args:
         combine: ``logprob`` averages log-softmax outputs; ``mean`` averages the (calibrated)
@@ -69,22 +70,34 @@ def combine_logits(
     weights = list(weights) if weights else [1.0] * len(paths)
     if len(weights) != len(paths):
         raise SubmissionError(f"{len(weights)} weights for {len(paths)} logits files")
+    models = read_models(paths)
+    model_weights = [_model_weight(files, paths, weights) for files, _ in models]
     total, calibrated = 0.0, True
-    for path, w in zip(paths, weights, strict=True):
-        f = read_logits(path)
+    for (files, f), w in zip(models, model_weights, strict=True):
         if temperature is None and "temperature" not in f:
             calibrated = False
         if ids is None:
             ids = np.sort(f["id_code"])
-        order = _rows_of(f["id_code"], ids, path)
+        order = _rows_of(f["id_code"], ids, files[0] if len(files) == 1 else files)
         z = f["logits"][order, : layout.N_TREATMENTS].astype(np.float32, copy=False)
         z /= np.float32(temperature or float(f.get("temperature", 1.0)))
         if combine == "logprob":
             z = log_softmax(z, copy=False)
-        if len(paths) == 1:
+        if len(models) == 1:
             return ids, (z if combine == "logprob" else log_softmax(z, copy=False)), calibrated
         total = total + np.float32(w) * z
-    return ids, log_softmax(total / np.float32(sum(weights)), copy=False), calibrated
+    return ids, log_softmax(total / np.float32(sum(model_weights)), copy=False), calibrated
+
+
+def _model_weight(files: list[Path], paths: list, weights: list[float]) -> float:
+    """The weight of one model: its file's, or that of each of its parts (which must agree)."""
+    where = [str(p) for p in paths]
+    mine = {weights[where.index(str(f))] for f in files}
+    if len(mine) > 1:
+        raise SubmissionError(
+            f"the parts {[str(f) for f in files]} of one model have weights {sorted(mine)}"
+        )
+    return mine.pop()
 
 
 def _rows_of(have: np.ndarray, want: np.ndarray, path) -> np.ndarray:

@@ -20,7 +20,7 @@ from rcic.data.tables import (
     read_table,
     write_table,
 )
-from rcic.errors import InputError
+from rcic.errors import InputError, RcicError
 from rcic.fileio import atomic_csv, atomic_path
 
 
@@ -289,18 +289,42 @@ def choose_epsilon(
 def load_tables(paths) -> tuple[pd.DataFrame, dict]:
     """One table from several (a model's embeddings of several splits, say); the provenance of
     the first."""
-    frames, provenance = [], None
+    frames, provenances = [], []
     for path in paths:
         frame, prov = read_table(path)
         if frames and feature_columns(frame) != feature_columns(frames[0]):
             raise InputError(f"{path}: its features differ from {paths[0]}'s")
         frames.append(frame)
-        provenance = provenance or prov
+        provenances.append(prov or {})
+    _check_one_model(paths, provenances)
     frame = pd.concat(frames, ignore_index=True)
+    provenance = next((p for p in provenances if p), None)
     dup = frame["Metadata_id_code"].duplicated()
     if dup.any():
         raise InputError(f"well {frame.loc[dup, 'Metadata_id_code'].iat[0]} is in two tables")
     return frame, provenance or {}
+
+
+def _check_one_model(paths, provenances: list[dict]) -> None:
+    """The tables come from one model (or feature set), and a table written in parts
+    (`rcic embed --part`) comes with all its parts: a missing or repeated part is named."""
+    from rcic.inference.logitsfile import group_parts
+
+    models = {p["model"] for p in provenances if p.get("model")}
+    if len(models) > 1:
+        raise InputError(
+            f"the tables come from {len(models)} models ({', '.join(sorted(models))}): "
+            "profile one model's tables at a time"
+        )
+    try:
+        group_parts(
+            [
+                (path, f"{p.get('model')}, split {p.get('split')}", p.get("part"))
+                for path, p in zip(paths, provenances, strict=True)
+            ]
+        )
+    except RcicError as e:
+        raise InputError(str(e)) from None
 
 
 def run_profiles(

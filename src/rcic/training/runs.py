@@ -17,6 +17,7 @@ newer one) are dropped with a warning, keys it added since take their defaults.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -62,6 +63,15 @@ class RunFolder:
     def checkpoint(self, which: str = "best") -> Path:
         """``best`` or ``last`` of this run, or any other path as given."""
         return self.checkpoints / f"{which}.pt" if which in ("best", "last") else Path(which)
+
+    def checkpoint_digest(self, which: str = "best") -> str:
+        """The first 16 hex digits of the checkpoint file's sha256: one model, whichever name or
+        machine reads it (what joins the parts of one prediction)."""
+        h = hashlib.sha256()
+        with open(self.checkpoint(which), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:16]
 
     def start(self, cfg: TrainConfig, env: dict, split: dict) -> None:
         """Write the records of a new run (each atomically) and an empty metrics file."""

@@ -1,0 +1,118 @@
+"""Prediction and embedding in parts: plates dealt as `prepare --part` deals them, each part its
+own file, joined by `rcic submit` and `rcic profiles` into the numbers one pass gives."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rcic import cli
+from rcic.data import metadata, tables
+from rcic.errors import InputError, LogitsError
+from rcic.inference import predict
+from rcic.inference.logitsfile import read_logits, read_models, write_logits
+from rcic.inference.predict import InferenceOptions, plate_batches
+from rcic.profiling import profiles
+
+PARTS = (1, 3), (2, 3), (3, 3)
+
+
+def test_plate_batches_never_span_two_plates():
+    rows = pd.DataFrame({"experiment": ["A"] * 5 + ["B"] * 3 + ["A"] * 2, "plate": [1] * 10})
+    batches = plate_batches(rows, batch_size=2)
+    assert batches == [[0, 1], [2, 3], [4], [5, 6], [7], [8, 9]]
+    assert plate_batches(rows, batch_size=64) == [list(range(5)), [5, 6, 7], [8, 9]]
+
+
+def _options(part=None):
+    return InferenceOptions(views=2, progress=False, checkpoint="last", part=part)
+
+
+def test_predict_in_parts_joins_to_one_pass_bit_for_bit(trained, tiny_screen, tiny_store, tmp_path):
+    """Three parts of the test split (a deterministic run) give, joined, the logits of one pass
+    over it, bit for bit; each part holds whole plates, and `rcic submit` takes the parts as the
+    one model they are."""
+    sites = metadata.load_metadata(tiny_screen)
+    whole = read_logits(
+        predict.predict_run(trained, sites, tiny_store, "test", tmp_path / "all.npz", _options())
+    )
+    paths = [
+        predict.predict_run(
+            trained, sites, tiny_store, "test", tmp_path / f"p{k}.npz", _options((k, n))
+        )
+        for k, n in PARTS
+    ]
+    files = [read_logits(p) for p in paths]
+    assert [str(f["part"]) for f in files] == ["1/3", "2/3", "3/3"]
+    assert len({str(f["model"]) for f in files} | {str(whole["model"])}) == 1
+    plates = [set(zip(f["experiment"], f["plate"], strict=True)) for f in files]
+    assert all(plates) and not plates[0] & plates[1] and not plates[1] & plates[2]
+    [(_, joined)] = read_models(paths[::-1])  # any order
+    order = np.argsort(joined["id_code"])
+    assert np.array_equal(joined["id_code"][order], whole["id_code"])
+    assert np.array_equal(joined["logits"][order], whole["logits"])
+    subs = []
+    for name, logits in (("one", [tmp_path / "all.npz"]), ("parts", paths)):
+        argv = ["submit", "--data", str(tiny_screen), "--out", str(tmp_path / f"{name}.csv")]
+        assert cli.main([*argv, "--logits", *map(str, logits)]) == 0
+        subs.append(pd.read_csv(tmp_path / f"{name}.csv"))
+    pd.testing.assert_frame_equal(subs[0], subs[1])
+
+
+def test_a_fold_is_not_predicted_in_parts_without_its_temperature(
+    trained, tiny_screen, tiny_store, tmp_path
+):
+    sites = metadata.load_metadata(tiny_screen)
+    with pytest.raises(InputError, match="fitted once on the whole held-out fold"):
+        predict.predict_run(trained, sites, tiny_store, "0", tmp_path / "f.npz", _options((1, 2)))
+    with pytest.raises(InputError, match="no plate dealt to it"):
+        predict.predict_run(
+            trained, sites, tiny_store, "test", tmp_path / "t.npz", _options((99, 99))
+        )
+
+
+def _part(path, ids, model="m1", part="1/2", temperature=None, value=0.0):
+    logits = np.full((len(ids), 1108), value, np.float32)
+    return write_logits(path, ids, logits, model=model, part=part, temperature=temperature)
+
+
+def test_a_missing_repeated_or_mismatched_part_is_refused_by_name(tmp_path):
+    a = _part(tmp_path / "a.npz", ["w1", "w2"], part="1/2")
+    b = _part(tmp_path / "b.npz", ["w3"], part="2/2")
+    [(files, joined)] = read_models([a, b])
+    assert files == [a, b] and sorted(joined["id_code"]) == ["w1", "w2", "w3"]
+    with pytest.raises(LogitsError, match=r"part\(s\) 2/2 missing"):
+        read_models([a])
+    with pytest.raises(LogitsError, match="part 1/2 given twice"):
+        read_models([a, _part(tmp_path / "a2.npz", ["w9"], part="1/2"), b])
+    with pytest.raises(LogitsError, match="different counts"):
+        read_models([a, _part(tmp_path / "c.npz", ["w3"], part="2/3")])
+    with pytest.raises(LogitsError, match="in two parts"):
+        read_models([a, _part(tmp_path / "d.npz", ["w2"], part="2/2")])
+    with pytest.raises(LogitsError, match="different temperatures"):
+        read_models([a, _part(tmp_path / "e.npz", ["w3"], part="2/2", temperature=2.0)])
+    other = _part(tmp_path / "o.npz", ["w3"], model="m2", part="2/2")  # another model's part
+    with pytest.raises(LogitsError, match="model m1"):
+        read_models([a, other])
+
+
+def test_embed_in_parts_is_one_profile_table(trained, tiny_screen, tiny_store, tmp_path):
+    """`rcic embed --part` writes a table per part; `rcic profiles` reads the parts as one table
+    (equal to one pass's) and refuses a missing part by name."""
+    base = ["embed", "--run", str(trained), "--data", str(tiny_screen), "--store", str(tiny_store)]
+    base += ["--split", "test", "--checkpoint", "last", "--views", "2"]
+    assert cli.main([*base, "--out", str(tmp_path / "all.parquet")]) == 0
+    for k, n in PARTS:
+        assert (
+            cli.main([*base, "--part", f"{k}/{n}", "--out", str(tmp_path / f"p{k}.parquet")]) == 0
+        )
+    parts = [tmp_path / f"p{k}.parquet" for k, _ in PARTS]
+    joined, prov = profiles.load_tables(parts)
+    whole, _ = tables.read_table(tmp_path / "all.parquet")
+    key = "Metadata_id_code"
+    pd.testing.assert_frame_equal(
+        joined.sort_values(key).reset_index(drop=True),
+        whole.sort_values(key).reset_index(drop=True),
+    )
+    assert prov["part"] == "1/3" and prov["model"]
+    with pytest.raises(InputError, match=r"part\(s\) 3/3 missing"):
+        profiles.load_tables(parts[:2])
