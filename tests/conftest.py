@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -118,3 +119,18 @@ def small_disk(tmp_path):
 
     yield mnt, grow
     subprocess.run(["umount", str(mnt)], check=False)
+
+
+def torchrun(args, cwd, timeout=300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node 2 --standalone ARGS` (gloo on the CPU, one thread per rank)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
+    return subprocess.run(
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )

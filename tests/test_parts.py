@@ -4,6 +4,7 @@ own file, joined by `rcic submit` and `rcic profiles` into the numbers one pass 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rcic import cli
 from rcic.data import metadata, tables
@@ -12,6 +13,8 @@ from rcic.inference import predict
 from rcic.inference.logitsfile import read_logits, read_models, write_logits
 from rcic.inference.predict import InferenceOptions, plate_batches
 from rcic.profiling import profiles
+
+from .conftest import torchrun
 
 PARTS = (1, 3), (2, 3), (3, 3)
 
@@ -116,3 +119,27 @@ def test_embed_in_parts_is_one_profile_table(trained, tiny_screen, tiny_store, t
     assert prov["part"] == "1/3" and prov["model"]
     with pytest.raises(InputError, match=r"part\(s\) 3/3 missing"):
         profiles.load_tables(parts[:2])
+
+
+def test_predict_under_torchrun_writes_one_pass(trained, tiny_screen, tiny_store, tmp_path):
+    """`torchrun --nproc-per-node 2 -m rcic.cli predict`: each rank predicts the plates dealt to
+    it, rank 0 writes one file equal to one process's, bit for bit."""
+    sites = metadata.load_metadata(tiny_screen)
+    before = torch.get_num_threads()
+    try:  # one thread, as each rank has: the sums inside a convolution follow the thread count
+        one = InferenceOptions(views=2, progress=False, checkpoint="last", threads=1)
+        whole = read_logits(
+            predict.predict_run(trained, sites, tiny_store, "test", tmp_path / "one.npz", one)
+        )
+    finally:
+        torch.set_num_threads(before)
+    # `--` ends torchrun's own options: its parser would take `--run` for its `--run-path`
+    argv = ["-m", "rcic.cli", "--", "predict", "--run", str(trained), "--data", str(tiny_screen)]
+    argv += ["--store", str(tiny_store), "--split", "test", "--checkpoint", "last", "--views", "2"]
+    res = torchrun([*argv, "--out", str(tmp_path / "ranks.npz")], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = read_logits(tmp_path / "ranks.npz")
+    assert "part" not in ranks  # one output, as if one process had run
+    assert np.array_equal(ranks["id_code"], whole["id_code"])
+    assert np.array_equal(ranks["logits"], whole["logits"])
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["one.npz", "ranks.npz"]

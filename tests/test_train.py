@@ -16,6 +16,8 @@ from rcic.training import batches as data
 from rcic.training import config, distributed, models, optim, precision, runs, samples, train
 from rcic.training.config import ConfigError
 
+from .conftest import torchrun
+
 FAST = [
     "epochs=2",
     "batch_size=32",
@@ -353,27 +355,11 @@ def test_local_weights_file_with_rgb_stem(tmp_path):
         models.build_model(_cfg(f"weights={tmp_path / 'junk.pth'}"))
 
 
-def _torchrun(args, tmp_path, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--standalone",
-        *args,
-    ]
-    return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path, check=False
-    )
-
-
 def test_ddp_gradient_matches_single_process(tiny_screen, tiny_store, tmp_path):
     from . import ddp_worker
 
     single, rows = ddp_worker.first_batch_gradient(tiny_screen, tiny_store, distributed.Dist())
-    res = _torchrun(
+    res = torchrun(
         [
             str(Path(ddp_worker.__file__)),
             "grad",
@@ -423,7 +409,7 @@ def test_torchrun_epoch_covers_every_site_and_validation_is_gathered(
         tiny_screen, tiny_store, distributed.Dist(), batch
     )
     assert n % batch != 0
-    res = _torchrun(
+    res = torchrun(
         [
             str(Path(ddp_worker.__file__)),
             "epoch",
@@ -445,7 +431,7 @@ def test_torchrun_epoch_covers_every_site_and_validation_is_gathered(
 
 
 def test_torchrun_train_only_rank0_writes(tiny_screen, tiny_store, tmp_path):
-    res = _torchrun(
+    res = torchrun(
         [
             "-m",
             "rcic.cli",

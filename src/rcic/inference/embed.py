@@ -32,6 +32,8 @@ def embed_run(
     """
     options = options or InferenceOptions()
     pr = predict_split(run, sites, store, split, options, treatments_only=False, embeddings=True)
+    if not pr.main:
+        return Path(out)  # rank 0 writes the file
     res = pr.res
     wells = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"]]
     oof = ~np.isin(res["id_code"], _trained_on(sites, pr.st, pr.cfg, pr.held_out))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from rcic.training.batches import (
     plate_norm_stats,
 )
 from rcic.training.config import TrainConfig
-from rcic.training.distributed import set_threads
+from rcic.training.distributed import gather_to_main, set_threads, setup_distributed
 from rcic.training.infer import infer, resolve_device, sum_by_well
 from rcic.training.models import RcicModel
 from rcic.training.precision import use_bf16
@@ -154,29 +155,49 @@ class InferenceOptions:
 
 @dataclass
 class _Prediction:
-    res: dict[str, np.ndarray]  # per-well arrays from predict_logits
+    res: dict[str, np.ndarray] | None  # per-well arrays from predict_logits (None off rank 0)
     chosen: pd.DataFrame  # the split's sites
     cfg: TrainConfig
     st: SiteStore
     held_out: list[str] | None  # as the run recorded them
     model: str  # the checkpoint's digest: which parts belong to one model
+    main: bool = True  # this process writes the output (rank 0 under torchrun)
 
 
 def predict_split(run, sites, store, split, options: InferenceOptions, *, treatments_only, **kw):
     """Load a run's checkpoint and predict one split of `sites` as `options` say; `kw` goes to
-    predict_logits."""
+    predict_logits. Under torchrun each rank predicts the plates dealt to it and rank 0 gathers
+    them into the result one process would have (the other ranks get ``res`` None)."""
+    ctx = setup_distributed(options.device) if _launched_by_torchrun() else None
     set_threads(options.threads)
-    device = resolve_device(options.device)
+    device = ctx.device if ctx else resolve_device(options.device)
     model, cfg = load_checkpoint(run, options.checkpoint, device)
     held_out = RunFolder(run).held_out()
     chosen = _part_of(split_sites(sites, split, cfg, treatments_only, held_out=held_out), options)
     st = SiteStore(store)
     RunFolder(run).check_store_kind(st.kind, st.path)
     o = options
-    kw.update(views=o.views, batch_size=o.batch_size, progress=o.progress)
-    res = predict_logits(model, cfg, chosen, st, device=device, **kw)
+    main = ctx is None or ctx.main
+    kw.update(views=o.views, batch_size=o.batch_size, progress=o.progress and main)
+    share = chosen if ctx is None else chosen[part_mask(chosen, (ctx.rank + 1, ctx.world))]
+    res = predict_logits(model, cfg, share, st, device=device, **kw) if len(share) else None
+    if ctx is not None:  # every rank takes part in the gather; rank 0 joins the shares
+        shares = gather_to_main(res, ctx)
+        res = _joined_wells(shares) if main else None
     digest = RunFolder(run).checkpoint_digest(options.checkpoint)
-    return _Prediction(res, chosen, cfg, st, held_out, digest)
+    return _Prediction(res, chosen, cfg, st, held_out, digest, main)
+
+
+def _launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _joined_wells(shares: list[dict | None]) -> dict[str, np.ndarray]:
+    """The ranks' per-well arrays as one, wells in id order (as one process orders them)."""
+    shares = [s for s in shares if s is not None]
+    joined = {k: np.concatenate([s[k] for s in shares]) for k in shares[0]}
+    order = np.argsort(joined["id_code"], kind="stable")
+    return {k: v[order] for k, v in joined.items()}
 
 
 def _part_of(chosen: pd.DataFrame, options: InferenceOptions) -> pd.DataFrame:
@@ -214,6 +235,8 @@ def predict_run(
             "predict the fold in one pass, or give its --temperature to every part"
         )
     pr = predict_split(run, sites, store, split, options, treatments_only=True, combine=combine)
+    if not pr.main:
+        return Path(out)  # rank 0 writes the file
     res = pr.res
     if split not in ("test", "train") and temperature is None:
         temperature = fit_temperature(res["logits"], res["sirna"])

@@ -122,3 +122,13 @@ def gather(obj, ctx: Dist) -> list:
     parts = [None] * ctx.world
     dist.all_gather_object(parts, obj)
     return parts
+
+
+def gather_to_main(obj, ctx: Dist) -> list | None:
+    """Every rank's `obj`, in rank order, on rank 0 (None elsewhere): the outputs of a sharded
+    prediction meet where they are written, not on every rank."""
+    if ctx.world == 1:
+        return [obj]
+    parts = [None] * ctx.world if ctx.main else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts
