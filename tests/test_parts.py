@@ -26,6 +26,33 @@ def test_plate_batches_never_span_two_plates():
     assert plate_batches(rows, batch_size=64) == [list(range(5)), [5, 6, 7], [8, 9]]
 
 
+def test_plate_chunks_hold_whole_plates_and_cover_every_row():
+    rows = pd.DataFrame({"experiment": ["A"] * 5 + ["B"] * 3 + ["C"] * 2, "plate": [1] * 10})
+    assert [c.tolist() for c in predict.plate_chunks(rows, 4)] == [
+        [0, 1, 2, 3, 4],
+        [5, 6, 7, 8, 9],
+    ]
+    assert [c.tolist() for c in predict.plate_chunks(rows, 100)] == [list(range(10))]
+    assert [len(c) for c in predict.plate_chunks(rows, 1)] == [5, 3, 2]
+
+
+def test_predicting_in_chunks_changes_no_number(trained, tiny_screen, tiny_store, monkeypatch):
+    """Per-site outputs are held one chunk of plates at a time; the chunk size moves no bit."""
+    from rcic.data.store import SiteStore
+    from rcic.training.runs import load_checkpoint
+
+    model, cfg = load_checkpoint(trained, "last")
+    sites = metadata.load_metadata(tiny_screen)
+    test = sites[(sites["split"] == "test") & (sites["well_type"] == "treatment")]
+    st = SiteStore(tiny_store)
+    one = predict.predict_logits(model, cfg, test, st, views=2, progress=False, embeddings=True)
+    monkeypatch.setattr(predict, "CHUNK_SITES", 10)  # a chunk per plate or two
+    assert len(predict.plate_chunks(test.assign(idx=0), 10)) > 4
+    many = predict.predict_logits(model, cfg, test, st, views=2, progress=False, embeddings=True)
+    for key in ("id_code", "logits", "embedding", "n_sites", "plate"):
+        assert np.array_equal(one[key], many[key]), key
+
+
 def _options(part=None):
     return InferenceOptions(views=2, progress=False, checkpoint="last", part=part)
 

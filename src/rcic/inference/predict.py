@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from scipy.special import log_softmax
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from rcic.data.packing import part_mask
 from rcic.data.store import SiteStore
@@ -60,45 +61,87 @@ def predict_logits(
     device = torch.device(device)
     rows = store_rows(st, sites).sort_values(["experiment", "plate"], kind="stable")
     rows = rows.reset_index(drop=True)
+    if rows.empty:
+        raise InputError(f"{st.path}: holds no packed site of the {len(sites)} sites to predict")
     stats = _norm_stats(model, cfg, st, rows)
-    dataset = SiteDataset(
-        st, rows, rows["sirna"].to_numpy(), stats, cache=cache_fits(st, len(rows), cfg.cache_mb)
-    )
-    loader = DataLoader(
-        dataset, batch_sampler=plate_batches(rows, batch_size), collate_fn=collate_batch
-    )
-    transform = BatchTransform(cfg.image_size or st.size)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    res = infer(
-        model,
-        loader,
-        transform,
-        device,
-        views=st.views[:views],
-        amp=use_bf16(device, cfg.amp, cfg.deterministic),
-        channels_last=cfg.channels_last,
-        progress=progress,
-        embeddings=embeddings,
-    )
-    per_site = res["logits"] if combine == "mean" else log_softmax(res["logits"], axis=1)
-    frame = rows.iloc[res["rows"]].reset_index(drop=True)
-    return _per_well(frame, per_site, res.get("embedding"))
+    run = _Inference(model, cfg, st, device, st.views[:views], batch_size, embeddings)
+    wells = []
+    chunks = plate_chunks(rows, CHUNK_SITES)
+    for chunk in tqdm(chunks, desc="predicting", unit="chunk", disable=not progress):
+        part = rows.iloc[chunk].reset_index(drop=True)
+        res = run(part, stats[chunk])
+        per_site = res["logits"] if combine == "mean" else log_softmax(res["logits"], axis=1)
+        frame = part.iloc[res["rows"]].reset_index(drop=True)
+        wells.append(_per_well(frame, per_site, res.get("embedding")))
+    return _joined_wells(wells)
+
+
+CHUNK_SITES = 4096  # sites predicted at once (whole plates): what bounds the per-site arrays
+
+
+def plate_chunks(rows: pd.DataFrame, max_sites: int) -> list[np.ndarray]:
+    """Row positions in chunks of whole plates, each closed once it holds `max_sites` sites (a
+    plate larger than that is a chunk of its own): per-site outputs live one chunk at a time."""
+    chunks, first = [], 0
+    for end in _plate_spans(rows)[1]:
+        if end - first >= max_sites:
+            chunks.append(np.arange(first, end))
+            first = end
+    if first < len(rows):
+        chunks.append(np.arange(first, len(rows)))
+    return chunks
+
+
+@dataclass
+class _Inference:
+    """The model and settings one chunk of sites is predicted with."""
+
+    model: RcicModel
+    cfg: TrainConfig
+    st: SiteStore
+    device: torch.device
+    views: tuple[int, ...]
+    batch_size: int
+    embeddings: bool
+
+    def __call__(self, rows: pd.DataFrame, stats: np.ndarray) -> dict[str, np.ndarray]:
+        cache = cache_fits(self.st, len(rows), self.cfg.cache_mb)
+        dataset = SiteDataset(self.st, rows, rows["sirna"].to_numpy(), stats, cache=cache)
+        loader = DataLoader(
+            dataset, batch_sampler=plate_batches(rows, self.batch_size), collate_fn=collate_batch
+        )
+        return infer(
+            self.model,
+            loader,
+            BatchTransform(self.cfg.image_size or self.st.size),
+            self.device,
+            views=self.views,
+            amp=use_bf16(self.device, self.cfg.amp, self.cfg.deterministic),
+            channels_last=self.cfg.channels_last,
+            embeddings=self.embeddings,
+        )
 
 
 def plate_batches(rows: pd.DataFrame, batch_size: int) -> list[list[int]]:
     """Batches of at most `batch_size` consecutive rows that never span two plates, so a plate's
     sites meet the model in the same batches whichever other plates are predicted with it: a part
     of the screen (`--part`) gives the numbers one pass over it gives."""
-    plate = rows["experiment"].astype(str) + "/" + rows["plate"].astype(str)
-    starts = np.flatnonzero(np.r_[True, plate.to_numpy()[1:] != plate.to_numpy()[:-1]])
-    ends = np.r_[starts[1:], len(rows)]
+    starts, ends = _plate_spans(rows)
     return [
         list(range(b, min(b + batch_size, end)))
         for start, end in zip(starts, ends, strict=True)
         for b in range(start, end, batch_size)
     ]
+
+
+def _plate_spans(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end positions of each run of consecutive rows of one plate."""
+    plate = (rows["experiment"].astype(str) + "/" + rows["plate"].astype(str)).to_numpy()
+    starts = np.flatnonzero(np.r_[True, plate[1:] != plate[:-1]])
+    return starts, np.r_[starts[1:], len(rows)].astype(int)
 
 
 def _norm_stats(model, cfg: TrainConfig, st: SiteStore, rows: pd.DataFrame) -> np.ndarray:
