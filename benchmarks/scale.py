@@ -62,7 +62,7 @@ def run_chain(work: Path, args, fraction: float, layout_dir: Path | None) -> lis
     py = sys.executable
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     gen = (
-        "import sys; from rcic import synth; "
+        "import sys; from rcic.synthetic import synth; "
         f"synth.generate(sys.argv[1], 'rxrx1', 0, layout_dir={str(layout_dir)!r} if "
         f"{layout_dir is not None} else None, image_size={args.size}, render='noise', "
         f"experiments=sys.argv[2].split(','), workers=2)"
@@ -117,6 +117,7 @@ def run_chain(work: Path, args, fraction: float, layout_dir: Path | None) -> lis
             str(run / "submission.csv"),
         ],
         "report": [*cli, "report", str(run), "--out", str(work / "report.html")],
+        **_profiling_steps(cli, data, store, run, args),
     }
     rows = []
     for name, cmd in steps.items():
@@ -133,12 +134,48 @@ def run_chain(work: Path, args, fraction: float, layout_dir: Path | None) -> lis
             }
         )
         print(rows[-1], flush=True)
+    rows.append({"fraction": fraction, "step": "embed 2 parts == 1 pass", **_parts_equal(run)})
+    table_mb = metadata.load_metadata(data).memory_usage(deep=True).sum() / 2**20
+    rows.append({"fraction": fraction, "step": "site table MB", "seconds": round(table_mb, 1)})
     size = (work / "report.html").stat().st_size / 2**20
     rows.append({"fraction": fraction, "step": "report size MiB", "seconds": round(size, 2)})
     store_gb = sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**30
     rows.append({"fraction": fraction, "step": "store GiB", "seconds": round(store_gb, 3)})
     shutil.rmtree(work, ignore_errors=True)
     return rows
+
+
+def _profiling_steps(cli, data: Path, store: Path, run: Path, args) -> dict[str, list[str]]:
+    """Issue 41's steps: embed the test split in one pass and in 2 parts (compared row for row
+    afterwards), the hand-crafted statistics of every site, and profiles of those statistics."""
+    where = ["--data", str(data), "--store", str(store)]
+    embed = [*cli, "embed", "--run", str(run), *where, "--views", str(args.views)]
+    embed += ["--split", "test", "--batch-size", "512"]
+    return {
+        "embed (test)": [*embed, "--out", str(run / "emb.parquet")],
+        "embed part 1/2": [*embed, "--part", "1/2", "--out", str(run / "emb.1.parquet")],
+        "embed part 2/2": [*embed, "--part", "2/2", "--out", str(run / "emb.2.parquet")],
+        "features --kind stats": [*cli, "features", *where, "--out", str(run / "stats.parquet")],
+        "profiles (statistics)": [  # every well; the test split's are unlabelled
+            *cli,
+            "profiles",
+            "--table",
+            str(run / "stats.parquet"),
+            "--correction",
+            "standardize",
+            "--out",
+            str(run / "profiles"),
+        ],
+    }
+
+
+def _parts_equal(run: Path) -> dict:
+    """Whether the two parts of `embed`, read as one table, equal the one pass bit for bit."""
+    one = pd.read_parquet(run / "emb.parquet")
+    parts = pd.concat([pd.read_parquet(run / f"emb.{k}.parquet") for k in (1, 2)])
+    key = "Metadata_id_code"
+    one, parts = (t.sort_values(key).reset_index(drop=True) for t in (one, parts))
+    return {"wells": len(one), "equal": bool(one.equals(parts))}
 
 
 def _median_run(runs: list[list[dict]]) -> list[dict]:
@@ -159,8 +196,14 @@ def _sites(data: Path, step: str) -> int:
     sites = metadata.load_metadata(data)
     if step.startswith("train"):
         return int((sites.split == "train").sum())
-    if step.startswith(("predict", "submit")):
-        return int((sites.split == "test").sum())
+    test = sites.split == "test"
+    if step.startswith(("predict", "submit", "embed (test)")):
+        return int(test.sum())
+    if step.startswith("embed part"):  # the test split's plates dealt to that part
+        from rcic.data.packing import parse_part, part_mask
+
+        part = parse_part(step.split()[-1])
+        return int(part_mask(sites[test], part).sum())
     return len(sites)
 
 
@@ -216,6 +259,12 @@ def _targets(table: pd.DataFrame, small: float, full: float, cache_mb: int) -> N
         f"{full}; each step's peak grows by (MB):"
     )
     print(growth.round(0).to_string())
+    table_mb = table[table.step == "site table MB"].set_index("fraction")["seconds"]
+    print(
+        f"growth target (< 300 MB from {small} to {full}): "
+        f"{'MET' if (growth < 300).all() else 'NOT MET'}; the site table itself grows by "
+        f"{table_mb[full] - table_mb[small]:.0f} MB ({table_mb[full]:.0f} MB at {full})"
+    )
     bounded = (growth < image_growth).all() and store[full] > cache_mb
     print(
         f"every step's peak grows by less than the image bytes, with a full-size store larger "
