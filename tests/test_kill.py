@@ -148,6 +148,29 @@ def test_predict_killed_leaves_nothing_and_rerun_matches(
     np.testing.assert_allclose(a["logits"], b["logits"], rtol=0, atol=1e-5)
 
 
+def test_a_killed_part_is_rerun_alone(tiny_screen, tiny_store, trained, tmp_path):
+    """`predict --part 2/2` killed: submit refuses the set, naming the missing part; that part
+    rerun alone completes it, and the parts submit as the one pass does."""
+    delay = random.Random(3).uniform(0.0, 0.5)
+    common = ["--run", trained, "--data", tiny_screen, "--store", tiny_store, "--views", "2"]
+    one, first, second = tmp_path / "one.npz", tmp_path / "p1.npz", tmp_path / "p2.npz"
+    run_to_end(["predict", *common, "--out", one], tmp_path)
+    run_to_end(["predict", *common, "--part", "1/2", "--out", first], tmp_path)
+    argv = ["predict", *common, "--part", "2/2", "--out", second]
+    kill_landed(argv, tmp_path, _said("predicting"), delay, [second])
+    second.unlink(missing_ok=True)  # a kill after the rename leaves a whole file: drop it
+    submit = ["submit", "--data", tiny_screen, "--logits"]
+    proc = _rcic([*submit, first, "--out", tmp_path / "s.csv"], tmp_path / "s.log")
+    assert proc.wait(timeout=300) != 0
+    assert "2/2 missing" in (tmp_path / "s.log").read_text()
+    run_to_end(argv, tmp_path)  # the killed part alone
+    run_to_end([*submit, first, second, "--out", tmp_path / "parts.csv"], tmp_path)
+    run_to_end([*submit, one, "--out", tmp_path / "one.csv"], tmp_path)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "parts.csv"), pd.read_csv(tmp_path / "one.csv")
+    )
+
+
 def test_submit_killed_leaves_nothing_and_rerun_matches(tiny_screen, tmp_path):
     from rcic.inference.logitsfile import write_logits
 
