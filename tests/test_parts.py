@@ -144,6 +144,14 @@ def test_embed_in_parts_is_one_profile_table(trained, tiny_screen, tiny_store, t
         whole.sort_values(key).reset_index(drop=True),
     )
     assert prov["part"] == "1/3" and prov["model"]
+    folder = tmp_path / "emb-test"  # a folder of the parts is the table, for pandas and rcic
+    folder.mkdir()
+    for path in parts:
+        path.rename(folder / path.name)
+    from_folder, _ = profiles.load_tables([folder])
+    pd.testing.assert_frame_equal(from_folder, joined)
+    assert len(pd.read_parquet(folder)) == len(whole)
+    parts = [folder / p.name for p in parts]
     with pytest.raises(InputError, match=r"part\(s\) 3/3 missing"):
         profiles.load_tables(parts[:2])
 

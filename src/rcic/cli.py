@@ -757,7 +757,8 @@ def _add_profiles(sub) -> None:
         nargs="+",
         action="extend",
         required=True,
-        help="profile tables (.parquet) of one model or feature set; repeat or list several",
+        help="profile tables (.parquet) of one model or feature set, or folders of them (parts); "
+        "repeat or list several",
     )
     p.add_argument(
         "--correction",

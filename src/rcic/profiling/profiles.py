@@ -286,9 +286,22 @@ def choose_epsilon(
     return max(scores, key=scores.get), {str(k): v for k, v in scores.items()}
 
 
+def table_files(paths) -> list[Path]:
+    """The Parquet files of `paths`: a file as given, a folder as its ``*.parquet`` files (the
+    parts of one table, as pandas and pyarrow read a folder), sorted."""
+    files = []
+    for path in map(Path, paths):
+        inside = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+        if not inside:
+            raise InputError(f"{path}: a folder without .parquet files")
+        files += inside
+    return files
+
+
 def load_tables(paths) -> tuple[pd.DataFrame, dict]:
-    """One table from several (a model's embeddings of several splits, say); the provenance of
-    the first."""
+    """One table from several (a model's embeddings of several splits, or the parts of one, or a
+    folder of them); the provenance of the first."""
+    paths = table_files(paths)
     frames, provenances = [], []
     for path in paths:
         frame, prov = read_table(path)
