@@ -275,7 +275,7 @@ def predict_run(
     if options.part is not None and split not in ("test", "train") and temperature is None:
         raise InputError(
             f"--part on fold {split}: the temperature is fitted once on the whole held-out fold; "
-            "predict the fold in one pass, or give its --temperature to every part"
+            "predict the fold in one pass, or give every part its --temperature (--temperature-from)"
         )
     pr = predict_split(run, sites, store, split, options, treatments_only=True, combine=combine)
     if not pr.main:
