@@ -9,7 +9,9 @@ An ``.npz`` with:
   logits by it before the softmax);
 - optional per-well metadata of the same length: ``experiment``, ``plate``, ``well``,
   ``cell_type``, ``sirna`` (-1 where unknown);
-- optional ``embedding``: (N, D) float32, and free-form strings such as ``source``.
+- optional ``embedding``: (N, D) float32, and free-form strings such as ``source``;
+- optional ``model`` (a digest of the checkpoint) and ``part`` (``"K/N"``): the parts of one
+  model's prediction, joined by :func:`read_models`.
 
 Any tool can write one with ``numpy.savez``; :func:`read_logits` checks it.
 """
