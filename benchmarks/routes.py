@@ -33,6 +33,7 @@ import pandas as pd
 from synth_difficulty import CONFIGS, cnn_row, screen
 
 from rcic import layout
+from rcic.data import tables
 from rcic.plates import submit
 from rcic.profiling import features_head, profiles
 from rcic.training import config
@@ -44,9 +45,9 @@ def hand_routes(work: Path, sites, st: Path, cellprofiler: bool) -> dict[str, Pa
     """The logits files of the hand-crafted routes (tables and heads cached in `work`)."""
     from rcic.profiling import features as features_pipeline
 
-    tables = {"statistics": [work / "statistics.parquet"]}
-    if not tables["statistics"][0].exists():
-        tables.write_table(profiles.features_table(st, sites), tables["statistics"][0], {})
+    sources = {"statistics": [work / "statistics.parquet"]}
+    if not sources["statistics"][0].exists():
+        tables.write_table(profiles.features_table(st, sites), sources["statistics"][0], {})
     if cellprofiler:
         cp = work / "cellprofiler.parquet"
         if not cp.exists():
@@ -54,10 +55,10 @@ def hand_routes(work: Path, sites, st: Path, cellprofiler: bool) -> dict[str, Pa
                 features_pipeline.cellprofiler_table(st, sites, cp, workers=2), cp, {}
             )
             features_pipeline.remove_parts(cp)
-        tables["CellProfiler"] = [cp]
-        tables["statistics + CellProfiler"] = [tables["statistics"][0], cp]
+        sources["CellProfiler"] = [cp]
+        sources["statistics + CellProfiler"] = [sources["statistics"][0], cp]
     out = {}
-    for name, paths in tables.items():
+    for name, paths in sources.items():
         out[name] = work / "heads" / f"{name.replace(' + ', '-')}.npz"
         if not out[name].exists():
             features_head.fit_head(paths, out[name])
