@@ -135,12 +135,12 @@ def _check_parts(model: str, entries: list) -> None:
         shown = ", ".join(f"{w} ({p})" for w, _, p in entries)
         raise LogitsError(f"model {model}: parts of different counts: {shown}")
     n = counts.pop()
-    for (k, _), (where, _, _), (k_next, _), (other, _, _) in zip(
-        numbers, entries, numbers[1:], entries[1:], strict=False
-    ):
-        if k == k_next:
-            raise LogitsError(f"model {model}: part {k}/{n} given twice: {where} and {other}")
-    missing = sorted(set(range(1, n + 1)) - {k for k, _ in numbers})
+    seen: dict[int, object] = {}
+    for (k, _), (where, _, _) in zip(numbers, entries, strict=True):
+        if k in seen:
+            raise LogitsError(f"model {model}: part {k}/{n} given twice: {seen[k]} and {where}")
+        seen[k] = where
+    missing = sorted(set(range(1, n + 1)) - set(seen))
     if missing:
         have = ", ".join(str(w) for w, _, _ in entries)
         raise LogitsError(

@@ -227,7 +227,8 @@ def predict_split(run, sites, store, split, options: InferenceOptions, *, treatm
     if ctx is not None:  # every rank takes part in the gather; rank 0 joins the shares
         shares = gather_to_main(res, ctx)
         res = _joined_wells(shares) if main else None
-    digest = RunFolder(run).checkpoint_digest(options.checkpoint)
+    # only the process that writes the output records the model (the digest reads the whole file)
+    digest = RunFolder(run).checkpoint_digest(options.checkpoint) if main else ""
     return _Prediction(res, chosen, cfg, st, held_out, digest, main)
 
 
