@@ -156,6 +156,39 @@ def test_embed_in_parts_is_one_profile_table(trained, tiny_screen, tiny_store, t
         profiles.load_tables(parts[:2])
 
 
+def test_statistics_in_parts_join_to_one_table(tiny_screen, tiny_store, tmp_path, capsys):
+    """`rcic features --kind stats --part K/N` measures the plates dealt to part K only; its parts
+    are one table for `rcic profiles` and `rcic features-head` (listed or as a folder), equal to
+    one pass's, and a missing part is refused by name."""
+    from rcic.profiling.features_head import join_tables
+
+    base = ["features", "--data", str(tiny_screen), "--store", str(tiny_store)]
+    assert cli.main([*base, "--out", str(tmp_path / "all.parquet")]) == 0
+    folder = tmp_path / "stats"
+    folder.mkdir()
+    plates = []
+    for k, n in PARTS:
+        out = folder / f"p{k}.parquet"
+        assert cli.main([*base, "--part", f"{k}/{n}", "--out", str(out)]) == 0
+        part, prov = tables.read_table(out)
+        assert prov["part"] == f"{k}/{n}" and len(part) > 0
+        plates.append(set(part["Metadata_Plate"]))
+    assert not (plates[0] & plates[1]) and not (plates[1] & plates[2])
+    whole, _ = tables.read_table(tmp_path / "all.parquet")
+    assert set().union(*plates) == set(whole["Metadata_Plate"])
+    key = "Metadata_id_code"
+    for joined, _ in (profiles.load_tables([folder]), join_tables([folder])):
+        pd.testing.assert_frame_equal(
+            joined.sort_values(key).reset_index(drop=True),
+            whole.sort_values(key).reset_index(drop=True),
+        )
+    with pytest.raises(InputError, match=r"part\(s\) 2/3 missing"):
+        profiles.load_tables([folder / "p1.parquet", folder / "p3.parquet"])
+    assert cli.main([*base, "--part", "999/999", "--out", str(tmp_path / "none.parquet")]) == 2
+    assert "--part 999/999: no plate dealt to it" in capsys.readouterr().err
+    assert not (tmp_path / "none.parquet").exists()
+
+
 def test_predict_under_torchrun_writes_one_pass(trained, tiny_screen, tiny_store, tmp_path):
     """`torchrun --nproc-per-node 2 -m rcic.cli predict`: each rank predicts the plates dealt to
     it, rank 0 writes one file equal to one process's, bit for bit."""

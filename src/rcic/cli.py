@@ -872,7 +872,12 @@ def _add_features(sub) -> None:
     cp.add_argument("--cells", type=Path, help="also write every cell's row: a folder of Parquet")
     cp.add_argument("--masks", type=Path, help="also write the labels to this zarr array")
     cp.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    cp.add_argument("--part", help="measure only the plates dealt to part K of N, as prepare")
+    p.add_argument(
+        "--part",
+        help="only the plates dealt to part K of N, as prepare deals them. --kind stats: this "
+        "part's table at --out (`rcic profiles` and `rcic features-head` join the parts, listed or "
+        "as a folder); --kind cellprofiler: the last part to finish writes the whole table",
+    )
     _add_metadata_args(p)
     p.set_defaults(func=cmd_features)
 
@@ -896,7 +901,7 @@ def cmd_features(args) -> int:
             print(f"part {args.part} done; the table is written when every part is")
             return 0
     else:
-        table = profiles.features_table(args.store, _sites(args))
+        table = profiles.features_table(args.store, _statistics_sites(args, provenance))
     tables.write_table(table, args.out, provenance)
     if args.kind == "cellprofiler":
         from rcic.profiling.features import remove_parts
@@ -905,6 +910,24 @@ def cmd_features(args) -> int:
     n = len(tables.feature_columns(table))
     print(f"wrote {args.out}: {len(table)} wells x {n} features")
     return 0
+
+
+def _statistics_sites(args, provenance: dict):
+    """The sites `rcic features --kind stats` measures: those of the plates dealt to ``--part``
+    (recorded in `provenance`, with the feature set, so that the parts join as one table)."""
+    from rcic.data import packing
+    from rcic.inference.logitsfile import part_label
+
+    sites = _sites(args)
+    if not args.part:
+        return sites
+    part = packing.parse_part(args.part)
+    provenance.update(model="rcic features --kind stats", part=part_label(part))
+    mine = sites[packing.part_mask(sites, part)]
+    if mine.empty:
+        plates = sites.groupby(["experiment", "plate"]).ngroups
+        raise InputError(f"--part {args.part}: no plate dealt to it (the dataset has {plates})")
+    return mine
 
 
 def _cellprofiler_features(args, provenance: dict):

@@ -132,9 +132,10 @@ class FeatureHead:
 def join_tables(paths) -> tuple[pd.DataFrame, dict]:
     """One table of every well from `paths`: tables of the same features (parts of one kind)
     stacked, tables of different features (the statistics and CellProfiler's, say) joined well by
-    well; a well missing from one kind, or a feature in two, is refused by name."""
+    well; a well missing from one kind, or a feature in two, is refused by name. A folder stands
+    for its ``*.parquet`` files (the parts of one table)."""
     kinds: dict[tuple, list[Path]] = {}
-    for path in map(Path, paths):
+    for path in profiles.table_files(paths):
         features = tuple(tables.feature_columns(tables.read_table(path)[0]))
         kinds.setdefault(features, []).append(path)
     joined, provenance = None, {}
