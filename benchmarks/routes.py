@@ -103,7 +103,7 @@ def main() -> None:
     for seed in args.seeds:
         overrides = [f"seed={seed}", "fold=0", "deterministic=true", *args.set]
         cfg = config.load_config(CONFIGS / "demo.yaml", overrides)
-        run = work / f"cnn-seed{seed}"
+        run = work / "-".join([f"cnn-seed{seed}", *(o.replace("=", "_") for o in args.set)])
         cnn_row(work, data, sites, st, cfg, run.name)
         rows.setdefault("CNN", []).append(scored([run / "test.npz"], data, run / "alone", truth))
         for name, path in hand.items():
