@@ -53,6 +53,47 @@ def test_predicting_in_chunks_changes_no_number(trained, tiny_screen, tiny_store
         assert np.array_equal(one[key], many[key]), key
 
 
+def test_embed_streams_its_table_a_chunk_of_plates_at_a_time(
+    trained, tiny_screen, tiny_store, tmp_path, monkeypatch
+):
+    """`rcic embed --out X.parquet` writes each chunk of plates as a row group as it is predicted
+    (no per-well output of the whole split in memory): the table equals the one-chunk table, and a
+    failure after the first chunk leaves no table and no temporary file behind."""
+    from rcic.data import tables as tables_module
+    from rcic.inference.embed import embed_run
+
+    sites = metadata.load_metadata(tiny_screen)
+    one = embed_run(trained, sites, tiny_store, "test", tmp_path / "one.parquet", _options())
+    monkeypatch.setattr(predict, "CHUNK_SITES", 10)
+    many = embed_run(trained, sites, tiny_store, "test", tmp_path / "many.parquet", _options())
+    import pyarrow.parquet as pq
+
+    groups = pq.ParquetFile(many).num_row_groups
+    test = sites[sites["split"] == "test"]
+    assert groups == len(predict.plate_chunks(test.assign(idx=0), 10)) > 4
+    assert pq.ParquetFile(one).num_row_groups == 1
+    key = "Metadata_id_code"
+    a, prov_a = tables_module.read_table(one)
+    b, prov_b = tables_module.read_table(many)
+    assert prov_a == prov_b
+    pd.testing.assert_frame_equal(
+        a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    )
+    real = predict._per_well
+    calls = []
+
+    def fails_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped mid-table")
+        return real(*args)
+
+    monkeypatch.setattr(predict, "_per_well", fails_second)
+    with pytest.raises(RuntimeError, match="mid-table"):
+        embed_run(trained, sites, tiny_store, "test", tmp_path / "cut.parquet", _options())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.parquet", "one.parquet"]
+
+
 def _options(part=None):
     return InferenceOptions(views=2, progress=False, checkpoint="last", part=part)
 

@@ -13,13 +13,14 @@ empty for a test well without a label) beside the integer ``Metadata_sirna_id``;
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from rcic import layout
-from rcic.errors import InputError
+from rcic.errors import InputError, OutputError
 from rcic.fileio import atomic_path
 
 METADATA = (
@@ -88,16 +89,32 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
 
 def write_table(frame: pd.DataFrame, path: str | Path, provenance: dict) -> Path:
     """Write `frame` as Parquet with `provenance` in its key-value metadata (atomically)."""
+    return write_row_groups([frame], path, provenance)
+
+
+def write_row_groups(frames: Iterable[pd.DataFrame], path: str | Path, provenance: dict) -> Path:
+    """Write `frames` (of the same columns) as one Parquet table, a row group each, taking them
+    as they come: only one frame need be in memory. Atomic: a table is at `path` only once every
+    frame is written; an error in between leaves nothing there."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[PROVENANCE_KEY] = json.dumps(provenance, default=str).encode()
-    table = table.replace_schema_metadata(meta)
     path = Path(path)
     with atomic_path(path, ".tmp.parquet") as tmp:
-        pq.write_table(table, tmp)
+        writer = None
+        try:
+            for frame in frames:
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                if writer is None:
+                    meta = dict(table.schema.metadata or {})
+                    meta[PROVENANCE_KEY] = json.dumps(provenance, default=str).encode()
+                    writer = pq.ParquetWriter(tmp, table.schema.with_metadata(meta))
+                writer.write_table(table.cast(writer.schema))
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise OutputError(f"{path}: no rows to write")
     return path
 
 

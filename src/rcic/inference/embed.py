@@ -31,14 +31,15 @@ def embed_run(
     train a head honestly): the held-out fold's experiments, and unlabelled test treatments.
     """
     options = options or InferenceOptions()
-    pr = predict_split(run, sites, store, split, options, treatments_only=False, embeddings=True)
+    table = str(out).endswith(".parquet")
+    pr = predict_split(
+        run, sites, store, split, options, treatments_only=False, embeddings=True, stream=table
+    )
     if not pr.main:
         return Path(out)  # rank 0 writes the file
-    res = pr.res
-    wells = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"]]
-    oof = ~np.isin(res["id_code"], _trained_on(sites, pr.st, pr.cfg, pr.held_out))
+    trained = _trained_on(sites, pr.st, pr.cfg, pr.held_out)
     source = str(Path(run).resolve())
-    if str(out).endswith(".parquet"):
+    if table:
         how = {
             "run": source,
             "checkpoint": options.checkpoint,
@@ -46,7 +47,10 @@ def embed_run(
             "split": split,
             **part_fields(pr, options),
         }
-        return _profile_table(out, wells, oof, res, how)
+        return _profile_table(out, pr, trained, how)
+    res = pr.res
+    wells = pr.chosen.drop_duplicates("id_code").set_index("id_code").loc[res["id_code"]]
+    oof = ~np.isin(res["id_code"], trained)
     return write_logits(
         out,
         res.pop("id_code"),
@@ -61,12 +65,21 @@ def embed_run(
     )
 
 
-def _profile_table(out, wells: pd.DataFrame, oof: np.ndarray, res: dict, how: dict) -> Path:
-    """The raw well profiles as a profile table (`rcic.profiling.profiles`) at `out`; `how`: the run,
-    checkpoint, views and split that made them."""
+def _profile_table(out, pr, trained: list[str], how: dict) -> Path:
+    """The raw well profiles as a profile table (`rcic.profiling.profiles`) at `out`, written a
+    chunk of plates at a time as `pr` predicts them (one row group each); `trained`: the wells the
+    model trained on; `how`: the run, checkpoint, views and split that made them."""
     from rcic import __version__
 
-    meta = tables.metadata_frame(wells.reset_index(), "rcic", oof, res["n_sites"])
+    by_id = pr.chosen.drop_duplicates("id_code").set_index("id_code")
+
+    def rows():
+        for res in pr.pieces():
+            wells = by_id.loc[res["id_code"]].reset_index()
+            oof = ~np.isin(res["id_code"], trained)
+            meta = tables.metadata_frame(wells, "rcic", oof, res["n_sites"])
+            yield tables.make_table(meta, res["embedding"])
+
     provenance = {
         "command": "rcic embed",
         **how,
@@ -74,7 +87,7 @@ def _profile_table(out, wells: pd.DataFrame, oof: np.ndarray, res: dict, how: di
         "level": "well",
         "rcic_version": __version__,
     }
-    return tables.write_table(tables.make_table(meta, res["embedding"]), out, provenance)
+    return tables.write_row_groups(rows(), out, provenance)
 
 
 def _trained_on(sites: pd.DataFrame, st, cfg, held_out) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +52,45 @@ def predict_logits(
     progress: bool = True,
 ) -> dict[str, np.ndarray]:
     """Per-well logits: mean over the first `views` dihedral views the store allows (all 8 but for an
-    aligned cell store, `SiteStore.views`) and the well's sites.
+    aligned cell store, `SiteStore.views`) and the well's sites; wells in id order.
 
     Args:
         combine: ``mean`` of logits, or ``logprob``: mean of log-softmax outputs.
     """
+    return _joined_wells(
+        list(
+            predict_chunks(
+                model,
+                cfg,
+                sites,
+                st,
+                views=views,
+                combine=combine,
+                batch_size=batch_size,
+                device=device,
+                embeddings=embeddings,
+                progress=progress,
+            )
+        )
+    )
+
+
+def predict_chunks(
+    model: RcicModel,
+    cfg: TrainConfig,
+    sites: pd.DataFrame,
+    st: SiteStore,
+    *,
+    views: int = 8,
+    combine: str = "mean",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    embeddings: bool = False,
+    progress: bool = True,
+) -> Iterator[dict[str, np.ndarray]]:
+    """`predict_logits`' per-well arrays one chunk of whole plates at a time (`plate_chunks`),
+    chunks in plate order, wells in id order within each: a writer that takes them as they come
+    holds one chunk's outputs, never the split's."""
     if combine not in ("mean", "logprob"):
         raise InputError(f"combine {combine!r}: expected mean or logprob")
     device = torch.device(device)
@@ -68,15 +103,13 @@ def predict_logits(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     run = _Inference(model, cfg, st, device, st.views[:views], batch_size, embeddings)
-    wells = []
     chunks = plate_chunks(rows, CHUNK_SITES)
     for chunk in tqdm(chunks, desc="predicting", unit="chunk", disable=not progress):
         part = rows.iloc[chunk].reset_index(drop=True)
         res = run(part, stats[chunk])
         per_site = res["logits"] if combine == "mean" else log_softmax(res["logits"], axis=1)
         frame = part.iloc[res["rows"]].reset_index(drop=True)
-        wells.append(_per_well(frame, per_site, res.get("embedding")))
-    return _joined_wells(wells)
+        yield _per_well(frame, per_site, res.get("embedding"))
 
 
 CHUNK_SITES = 4096  # sites predicted at once (whole plates): what bounds the per-site arrays
@@ -205,12 +238,21 @@ class _Prediction:
     held_out: list[str] | None  # as the run recorded them
     model: str  # the checkpoint's digest: which parts belong to one model
     main: bool = True  # this process writes the output (rank 0 under torchrun)
+    chunks: Iterator[dict[str, np.ndarray]] | None = None  # with stream: res chunk by chunk
+
+    def pieces(self) -> Iterator[dict[str, np.ndarray]]:
+        """The per-well arrays as they come: chunk by chunk when streamed, else all at once."""
+        return self.chunks if self.chunks is not None else iter([self.res])
 
 
-def predict_split(run, sites, store, split, options: InferenceOptions, *, treatments_only, **kw):
+def predict_split(
+    run, sites, store, split, options: InferenceOptions, *, treatments_only, stream=False, **kw
+):
     """Load a run's checkpoint and predict one split of `sites` as `options` say; `kw` goes to
     predict_logits. Under torchrun each rank predicts the plates dealt to it and rank 0 gathers
-    them into the result one process would have (the other ranks get ``res`` None)."""
+    them into the result one process would have (the other ranks get ``res`` None). `stream`: in
+    one process, ``chunks`` yields the result one chunk of plates at a time (``res`` stays None)
+    as the caller consumes it."""
     ctx = setup_distributed(options.device) if _launched_by_torchrun() else None
     set_threads(options.threads)
     device = ctx.device if ctx else resolve_device(options.device)
@@ -222,13 +264,16 @@ def predict_split(run, sites, store, split, options: InferenceOptions, *, treatm
     o = options
     main = ctx is None or ctx.main
     kw.update(views=o.views, batch_size=o.batch_size, progress=o.progress and main)
+    # only the process that writes the output records the model (the digest reads the whole file)
+    digest = RunFolder(run).checkpoint_digest(options.checkpoint) if main else ""
+    if stream and ctx is None:
+        chunks = predict_chunks(model, cfg, chosen, st, device=device, **kw)
+        return _Prediction(None, chosen, cfg, st, held_out, digest, chunks=chunks)
     share = chosen if ctx is None else chosen[part_mask(chosen, (ctx.rank + 1, ctx.world))]
     res = predict_logits(model, cfg, share, st, device=device, **kw) if len(share) else None
     if ctx is not None:  # every rank takes part in the gather; rank 0 joins the shares
         shares = gather_to_main(res, ctx)
         res = _joined_wells(shares) if main else None
-    # only the process that writes the output records the model (the digest reads the whole file)
-    digest = RunFolder(run).checkpoint_digest(options.checkpoint) if main else ""
     return _Prediction(res, chosen, cfg, st, held_out, digest, main)
 
 
