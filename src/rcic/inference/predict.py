@@ -39,40 +39,11 @@ log = logging.getLogger(__name__)
 
 
 def predict_logits(
-    model: RcicModel,
-    cfg: TrainConfig,
-    sites: pd.DataFrame,
-    st: SiteStore,
-    *,
-    views: int = 8,
-    combine: str = "mean",
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    embeddings: bool = False,
-    progress: bool = True,
+    model: RcicModel, cfg: TrainConfig, sites: pd.DataFrame, st: SiteStore, **options
 ) -> dict[str, np.ndarray]:
-    """Per-well logits: mean over the first `views` dihedral views the store allows (all 8 but for an
-    aligned cell store, `SiteStore.views`) and the well's sites; wells in id order.
-
-    Args:
-        combine: ``mean`` of logits, or ``logprob``: mean of log-softmax outputs.
-    """
-    return _joined_wells(
-        list(
-            predict_chunks(
-                model,
-                cfg,
-                sites,
-                st,
-                views=views,
-                combine=combine,
-                batch_size=batch_size,
-                device=device,
-                embeddings=embeddings,
-                progress=progress,
-            )
-        )
-    )
+    """Per-well logits (and embeddings) of `sites`, wells in id order; `options` as
+    `predict_chunks` takes them."""
+    return _joined_wells(list(predict_chunks(model, cfg, sites, st, **options)))
 
 
 def predict_chunks(
@@ -88,9 +59,15 @@ def predict_chunks(
     embeddings: bool = False,
     progress: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """`predict_logits`' per-well arrays one chunk of whole plates at a time (`plate_chunks`),
-    chunks in plate order, wells in id order within each: a writer that takes them as they come
-    holds one chunk's outputs, never the split's."""
+    """Per-well logits: mean over the first `views` dihedral views the store allows (all 8 but for an
+    aligned cell store, `SiteStore.views`) and the well's sites; with `embeddings`, the embeddings
+    too. Yielded one chunk of whole plates at a time (`plate_chunks`), chunks in plate order, wells
+    in id order within each: a writer that takes them as they come holds one chunk's outputs,
+    never the split's.
+
+    Args:
+        combine: ``mean`` of logits, or ``logprob``: mean of log-softmax outputs.
+    """
     if combine not in ("mean", "logprob"):
         raise InputError(f"combine {combine!r}: expected mean or logprob")
     device = torch.device(device)
