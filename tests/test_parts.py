@@ -3,11 +3,13 @@ own file, joined by `rcic submit` and `rcic profiles` into the numbers one pass 
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from rcic import cli
 from rcic.data import metadata, tables
+from rcic.data.packing import part_mask
 from rcic.errors import InputError, LogitsError
 from rcic.inference import predict
 from rcic.inference.logitsfile import read_logits, read_models, write_logits
@@ -53,34 +55,17 @@ def test_predicting_in_chunks_changes_no_number(trained, tiny_screen, tiny_store
         assert np.array_equal(one[key], many[key]), key
 
 
-def test_embed_streams_its_table_a_chunk_of_plates_at_a_time(
+def test_a_table_stopped_mid_stream_leaves_nothing(
     trained, tiny_screen, tiny_store, tmp_path, monkeypatch
 ):
-    """`rcic embed --out X.parquet` writes each chunk of plates as a row group as it is predicted
-    (no per-well output of the whole split in memory): the table equals the one-chunk table, and a
-    failure after the first chunk leaves no table and no temporary file behind."""
-    from rcic.data import tables as tables_module
+    """`rcic embed --out X.parquet` writes a row group per chunk of plates as it predicts them
+    (test_embed_in_parts_is_one_profile_table counts them); a failure after the first chunk was
+    written leaves no table and no temporary file behind."""
     from rcic.inference.embed import embed_run
 
     sites = metadata.load_metadata(tiny_screen)
-    one = embed_run(trained, sites, tiny_store, "test", tmp_path / "one.parquet", _options())
     monkeypatch.setattr(predict, "CHUNK_SITES", 10)
-    many = embed_run(trained, sites, tiny_store, "test", tmp_path / "many.parquet", _options())
-    import pyarrow.parquet as pq
-
-    groups = pq.ParquetFile(many).num_row_groups
-    test = sites[sites["split"] == "test"]
-    assert groups == len(predict.plate_chunks(test.assign(idx=0), 10)) > 4
-    assert pq.ParquetFile(one).num_row_groups == 1
-    key = "Metadata_id_code"
-    a, prov_a = tables_module.read_table(one)
-    b, prov_b = tables_module.read_table(many)
-    assert prov_a == prov_b
-    pd.testing.assert_frame_equal(
-        a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
-    )
-    real = predict._per_well
-    calls = []
+    real, calls = predict._per_well, []
 
     def fails_second(*args):
         calls.append(1)
@@ -91,7 +76,7 @@ def test_embed_streams_its_table_a_chunk_of_plates_at_a_time(
     monkeypatch.setattr(predict, "_per_well", fails_second)
     with pytest.raises(RuntimeError, match="mid-table"):
         embed_run(trained, sites, tiny_store, "test", tmp_path / "cut.parquet", _options())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.parquet", "one.parquet"]
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
 
 
 def _options(part=None):
@@ -166,17 +151,29 @@ def test_a_missing_repeated_or_mismatched_part_is_refused_by_name(tmp_path):
         read_models([a, other])
 
 
-def test_embed_in_parts_is_one_profile_table(trained, tiny_screen, tiny_store, tmp_path):
-    """`rcic embed --part` writes a table per part; `rcic profiles` reads the parts as one table
-    (equal to one pass's) and refuses a missing part by name."""
+def test_embed_in_parts_is_one_profile_table(
+    trained, tiny_screen, tiny_store, tmp_path, monkeypatch
+):
+    """`rcic embed --part` writes a table per part, streamed a row group per chunk of plates;
+    `rcic profiles` reads the parts as one table (equal to one pass's, written in one chunk) and
+    refuses a missing part by name."""
     base = ["embed", "--run", str(trained), "--data", str(tiny_screen), "--store", str(tiny_store)]
     base += ["--split", "test", "--checkpoint", "last", "--views", "2"]
     assert cli.main([*base, "--out", str(tmp_path / "all.parquet")]) == 0
+    monkeypatch.setattr(
+        predict, "CHUNK_SITES", 10
+    )  # the parts stream: a row group per plate or two
     for k, n in PARTS:
         assert (
             cli.main([*base, "--part", f"{k}/{n}", "--out", str(tmp_path / f"p{k}.parquet")]) == 0
         )
     parts = [tmp_path / f"p{k}.parquet" for k, _ in PARTS]
+    assert pq.ParquetFile(tmp_path / "all.parquet").num_row_groups == 1
+    sites = metadata.load_metadata(tiny_screen)
+    test = sites[sites["split"] == "test"]
+    part1 = test[part_mask(test, (1, 3))]
+    chunks = len(predict.plate_chunks(part1.assign(idx=0), 10))
+    assert pq.ParquetFile(parts[0]).num_row_groups == chunks > 1
     joined, prov = profiles.load_tables(parts)
     whole, _ = tables.read_table(tmp_path / "all.parquet")
     key = "Metadata_id_code"
