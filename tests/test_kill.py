@@ -1,7 +1,8 @@
 """kill -9 in the middle of `prepare`, `train`, `predict` and `submit`, then a rerun: the result
 must equal an uninterrupted run's, and no half-written output may sit under a final name.
 
-Each command runs as its own process. The kill comes at a random point (seeded) after the command
+Each command under test runs as its own process (the references it is compared with may run in
+this one). The kill comes at a random point (seeded) after the command
 has shown it is at work (its store or first checkpoint exists, or its progress bar has started);
 every test asserts the kill landed before the command finished (a command that finished first
 is run again with a shorter delay).
@@ -132,13 +133,31 @@ def test_train_killed_then_resumed_equals_uninterrupted(tiny_screen, tiny_store,
         assert torch.equal(a[k], b[k]), k
 
 
+def _predict_args(tiny_screen, tiny_store, trained) -> list[str]:
+    return ["--run", trained, "--data", tiny_screen, "--store", tiny_store, "--views", "2"]
+
+
+@pytest.fixture(scope="module")
+def one_pass(tiny_screen, tiny_store, trained, tmp_path_factory) -> Path:
+    """The test split predicted uninterrupted (in this process: it is the reference, not the
+    command under test), for the kill tests of predict."""
+    out = tmp_path_factory.mktemp("one-pass") / "one.npz"
+    assert cli(["predict", *_predict_args(tiny_screen, tiny_store, trained), "--out", out]) == 0
+    return out
+
+
+def cli(argv: list) -> int:
+    from rcic import cli as rcic_cli
+
+    return rcic_cli.main([str(a) for a in argv])
+
+
 def test_predict_killed_leaves_nothing_and_rerun_matches(
-    tiny_screen, tiny_store, trained, tmp_path
+    tiny_screen, tiny_store, trained, one_pass, tmp_path
 ):
     delay = random.Random(2).uniform(0.0, 0.5)
-    ref, out = tmp_path / "ref.npz", tmp_path / "out.npz"
-    common = ["--run", trained, "--data", tiny_screen, "--store", tiny_store, "--views", "2"]
-    run_to_end(["predict", *common, "--out", ref], tmp_path)
+    ref, out = one_pass, tmp_path / "out.npz"
+    common = _predict_args(tiny_screen, tiny_store, trained)
     kill_landed(["predict", *common, "--out", out], tmp_path, _said("predicting"), delay, [out])
     # killed: no file under the final name, or a whole one (renamed into place just before)
     assert not out.exists() or read_logits(out)["logits"].shape == read_logits(ref)["logits"].shape
@@ -148,24 +167,22 @@ def test_predict_killed_leaves_nothing_and_rerun_matches(
     np.testing.assert_allclose(a["logits"], b["logits"], rtol=0, atol=1e-5)
 
 
-def test_a_killed_part_is_rerun_alone(tiny_screen, tiny_store, trained, tmp_path):
+def test_a_killed_part_is_rerun_alone(tiny_screen, tiny_store, trained, one_pass, tmp_path, capsys):
     """`predict --part 2/2` killed: submit refuses the set, naming the missing part; that part
     rerun alone completes it, and the parts submit as the one pass does."""
     delay = random.Random(3).uniform(0.0, 0.5)
-    common = ["--run", trained, "--data", tiny_screen, "--store", tiny_store, "--views", "2"]
-    one, first, second = tmp_path / "one.npz", tmp_path / "p1.npz", tmp_path / "p2.npz"
-    run_to_end(["predict", *common, "--out", one], tmp_path)
-    run_to_end(["predict", *common, "--part", "1/2", "--out", first], tmp_path)
+    common = _predict_args(tiny_screen, tiny_store, trained)
+    first, second = tmp_path / "p1.npz", tmp_path / "p2.npz"
+    assert cli(["predict", *common, "--part", "1/2", "--out", first]) == 0
     argv = ["predict", *common, "--part", "2/2", "--out", second]
     kill_landed(argv, tmp_path, _said("predicting"), delay, [second])
     second.unlink(missing_ok=True)  # a kill after the rename leaves a whole file: drop it
     submit = ["submit", "--data", tiny_screen, "--logits"]
-    proc = _rcic([*submit, first, "--out", tmp_path / "s.csv"], tmp_path / "s.log")
-    assert proc.wait(timeout=300) != 0
-    assert "2/2 missing" in (tmp_path / "s.log").read_text()
+    assert cli([*submit, first, "--out", tmp_path / "s.csv"]) == 2
+    assert "2/2 missing" in capsys.readouterr().err
     run_to_end(argv, tmp_path)  # the killed part alone
-    run_to_end([*submit, first, second, "--out", tmp_path / "parts.csv"], tmp_path)
-    run_to_end([*submit, one, "--out", tmp_path / "one.csv"], tmp_path)
+    assert cli([*submit, first, second, "--out", tmp_path / "parts.csv"]) == 0
+    assert cli([*submit, one_pass, "--out", tmp_path / "one.csv"]) == 0
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "parts.csv"), pd.read_csv(tmp_path / "one.csv")
     )
