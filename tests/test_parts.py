@@ -246,6 +246,7 @@ def test_predict_under_torchrun_writes_one_pass(trained, tiny_screen, tiny_store
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = read_logits(tmp_path / "ranks.npz")
     assert "part" not in ranks  # one output, as if one process had run
+    assert res.stdout.count("wrote") == 1  # said by the rank that wrote it
     assert np.array_equal(ranks["id_code"], whole["id_code"])
     assert np.array_equal(ranks["logits"], whole["logits"])
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["one.npz", "ranks.npz"]

@@ -418,8 +418,14 @@ def cmd_predict(args) -> int:
         combine=args.combine,
         temperature=temperature,
     )
-    print(f"wrote {path}")
+    _say_written(path)
     return 0
+
+
+def _say_written(path) -> None:
+    """'wrote PATH', from the process that wrote it (rank 0 under torchrun)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {path}")
 
 
 def _add_submit(sub) -> None:
@@ -690,7 +696,7 @@ def cmd_embed(args) -> int:
     from rcic.inference import embed as embed_pipeline
 
     path = embed_pipeline.embed_run(*_run_split_out(args), _inference_options(args))
-    print(f"wrote {path}")
+    _say_written(path)
     return 0
 
 
