@@ -112,10 +112,15 @@ def main() -> None:
     report(args, rows, truth.nunique(), (time.perf_counter() - t0) / 60)
 
 
+def _overrides(overrides: list[str]) -> str:
+    return f" with {' '.join(overrides)}" if overrides else ""
+
+
 def report(args, rows: dict[str, list], n_sirna: int, minutes: float) -> None:
     print(
         f"{args.preset} preset, generator seed {args.screen_seed}, test experiments ({n_sirna} "
-        f"siRNAs, chance {1 / n_sirna:.4f}); CNN: configs/demo.yaml, fp32, fold 0 held out, training seeds {args.seeds}, "
+        f"siRNAs, chance {1 / n_sirna:.4f}); CNN: configs/demo.yaml{_overrides(args.set)}, fp32, fold 0 "
+        f"held out, training seeds {args.seeds}, "
         f"mean +- sd; [95% bootstrap interval over wells]; {minutes:.1f} min"
     )
     print(
