@@ -112,6 +112,13 @@ def main() -> None:
     report(args, rows, truth.nunique(), (time.perf_counter() - t0) / 60)
 
 
+def _path(overrides: list[str]) -> str:
+    """How the CNN computed: fp32 deterministic unless the overrides said otherwise."""
+    if "deterministic=false" in overrides:
+        return "the path the precision probe chose (not deterministic)"
+    return "fp32"
+
+
 def _overrides(overrides: list[str]) -> str:
     return f" with {' '.join(overrides)}" if overrides else ""
 
@@ -119,7 +126,7 @@ def _overrides(overrides: list[str]) -> str:
 def report(args, rows: dict[str, list], n_sirna: int, minutes: float) -> None:
     print(
         f"{args.preset} preset, generator seed {args.screen_seed}, test experiments ({n_sirna} "
-        f"siRNAs, chance {1 / n_sirna:.4f}); CNN: configs/demo.yaml{_overrides(args.set)}, fp32, fold 0 "
+        f"siRNAs, chance {1 / n_sirna:.4f}); CNN: configs/demo.yaml{_overrides(args.set)}, {_path(args.set)}, fold 0 "
         f"held out, training seeds {args.seeds}, "
         f"mean +- sd; [95% bootstrap interval over wells]; {minutes:.1f} min"
     )
