@@ -30,7 +30,8 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if done.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+        # pytest reports its failures on stdout, make and pip on stderr
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-2000:]}")
     return seconds, done.stdout
 
 

@@ -19,9 +19,10 @@ WRITERS = {
 }
 # the one file rcic appends to line by line: an epoch's metrics, a log rather than an output
 APPENDS = {("runs.py", "metrics")}
-# what a write may go to: atomic_path's temporary name, an in-memory buffer, or rcic's own
-# atomic writer of profile tables (rcic.data.tables.write_table)
-SAFE = {"tmp", "buf", "tables"}
+# what a write may go to: atomic_path's temporary name, a writer opened on it (the Parquet row
+# groups of rcic.data.tables.write_row_groups), an in-memory buffer, or rcic's own atomic writer
+# of profile tables (rcic.data.tables.write_table)
+SAFE = {"tmp", "tmp_writer", "buf", "tables"}
 
 
 def _names(call: ast.Call) -> set[str]:

@@ -101,19 +101,19 @@ def write_row_groups(frames: Iterable[pd.DataFrame], path: str | Path, provenanc
 
     path = Path(path)
     with atomic_path(path, ".tmp.parquet") as tmp:
-        writer = None
+        tmp_writer = None
         try:
             for frame in frames:
                 table = pa.Table.from_pandas(frame, preserve_index=False)
-                if writer is None:
+                if tmp_writer is None:
                     meta = dict(table.schema.metadata or {})
                     meta[PROVENANCE_KEY] = json.dumps(provenance, default=str).encode()
-                    writer = pq.ParquetWriter(tmp, table.schema.with_metadata(meta))
-                writer.write_table(table.cast(writer.schema))
+                    tmp_writer = pq.ParquetWriter(tmp, table.schema.with_metadata(meta))
+                tmp_writer.write_table(table.cast(tmp_writer.schema))
         finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:
+            if tmp_writer is not None:
+                tmp_writer.close()
+        if tmp_writer is None:
             raise OutputError(f"{path}: no rows to write")
     return path
 
