@@ -160,9 +160,8 @@ def test_embed_in_parts_is_one_profile_table(
     base = ["embed", "--run", str(trained), "--data", str(tiny_screen), "--store", str(tiny_store)]
     base += ["--split", "test", "--checkpoint", "last", "--views", "2"]
     assert cli.main([*base, "--out", str(tmp_path / "all.parquet")]) == 0
-    monkeypatch.setattr(
-        predict, "CHUNK_SITES", 10
-    )  # the parts stream: a row group per plate or two
+    # the parts stream: a row group per plate or two
+    monkeypatch.setattr(predict, "CHUNK_SITES", 10)
     for k, n in PARTS:
         assert (
             cli.main([*base, "--part", f"{k}/{n}", "--out", str(tmp_path / f"p{k}.parquet")]) == 0

@@ -929,11 +929,7 @@ def _statistics_sites(args, provenance: dict):
         return sites
     part = packing.parse_part(args.part)
     provenance.update(model="rcic features --kind stats", part=part_label(part))
-    mine = sites[packing.part_mask(sites, part)]
-    if mine.empty:
-        plates = sites.groupby(["experiment", "plate"]).ngroups
-        raise InputError(f"--part {args.part}: no plate dealt to it (the dataset has {plates})")
-    return mine
+    return packing.part_sites(sites, part, "dataset")
 
 
 def _cellprofiler_features(args, provenance: dict):

@@ -153,6 +153,17 @@ def part_mask(index: pd.DataFrame, part: tuple[int, int] | None) -> np.ndarray:
     return (plates.map(order).to_numpy() % n) == k - 1
 
 
+def part_sites(frame: pd.DataFrame, part: tuple[int, int] | None, of: str) -> pd.DataFrame:
+    """The rows of `frame` (sites of `of`: the split, the dataset) on the plates dealt to `part`
+    (all of them without one); InputError when no plate is dealt to it."""
+    mine = frame[part_mask(frame, part)]
+    if mine.empty:
+        k, n = part
+        plates = frame.groupby(["experiment", "plate"]).ngroups
+        raise InputError(f"--part {k}/{n}: no plate dealt to it (the {of} has {plates} plates)")
+    return mine
+
+
 def _part_tag(part: tuple[int, int] | None) -> str | None:
     return None if part is None else f"{part[0]}-of-{part[1]}"
 

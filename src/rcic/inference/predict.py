@@ -15,7 +15,7 @@ from scipy.special import log_softmax
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from rcic.data.packing import part_mask
+from rcic.data.packing import part_mask, part_sites
 from rcic.data.store import SiteStore
 from rcic.errors import InputError
 from rcic.inference.calibration import fit_temperature
@@ -268,14 +268,7 @@ def _joined_wells(shares: list[dict | None]) -> dict[str, np.ndarray]:
 
 def _part_of(chosen: pd.DataFrame, options: InferenceOptions) -> pd.DataFrame:
     """The sites of the plates dealt to `options.part` (all of them without one)."""
-    if options.part is None:
-        return chosen
-    mine = chosen[part_mask(chosen, options.part)]
-    if mine.empty:
-        k, n = options.part
-        plates = chosen.groupby(["experiment", "plate"]).ngroups
-        raise InputError(f"--part {k}/{n}: no plate dealt to it (the split has {plates} plates)")
-    return mine
+    return part_sites(chosen, options.part, "split")
 
 
 def predict_run(
