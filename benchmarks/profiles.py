@@ -75,11 +75,11 @@ def figures(m: dict) -> dict:
     }
 
 
-def own_correction(tables: list[Path], steps: str, out: Path) -> Path:
-    """The wells of `tables` corrected by rcic.profiling.corrections's `steps` (``+``-joined, per experiment, or
+def own_correction(paths: list[Path], steps: str, out: Path) -> Path:
+    """The wells of `paths` corrected by rcic.profiling.corrections's `steps` (``+``-joined, per experiment, or
     per plate with the suffix `` per plate``), as one table."""
     level = "plate" if steps.endswith(" per plate") else "experiment"
-    frame, provenance = profiles.load_tables(tables)
+    frame, provenance = profiles.load_tables(paths)
     feats = tables.feature_columns(frame)
     meta = profiles.embed_metadata(frame)
     values = embed.correct_embeddings(
@@ -96,19 +96,19 @@ def val_map(wells_path: Path) -> float:
     return profile_metrics.pooled_activity_map(wells[wells["Metadata_split"] == "train"])
 
 
-def score(tables: list[Path], out: Path, truth: Path) -> dict[str, dict]:
+def score(paths: list[Path], out: Path, truth: Path) -> dict[str, dict]:
     res = {}
     for c in CORRECTIONS:
         where = out / c.replace(" ", "-")
         inputs, method = (
-            (tables, c)
+            (paths, c)
             if c in profiles.PROFILE_CORRECTIONS
-            else ([own_correction(tables, c, where)], "none")
+            else ([own_correction(paths, c, where)], "none")
         )
         try:
             m = profiles.run_profiles(inputs, where, method, truth=truth, evaluate="test")
         except InputError as e:  # pycytominer refuses to whiten some tables: said, row left empty
-            print(f"{tables[0].name} {c}: {e}", flush=True)
+            print(f"{paths[0].name} {c}: {e}", flush=True)
             res[c] = dict.fromkeys(FIGURES, float("nan"))
             continue
         res[c] = {**figures(m), "val mAP": val_map(where / "wells.parquet")}
@@ -173,11 +173,11 @@ def main() -> None:
     sites = metadata.load_metadata(data)
     packing.pack(data, sites, st)
     labelled, truth = synth.with_test_labels(sites, data), data / "synth.json"
-    tables = {"rcic statistics": feature_table(st, labelled, args.work / "features.parquet")}
-    tables.update(cellprofiler_tables(st, labelled, args.work))
+    inputs = {"rcic statistics": feature_table(st, labelled, args.work / "features.parquet")}
+    inputs.update(cellprofiler_tables(st, labelled, args.work))
     rows = {
         name: score([path], args.work / f"profiles-{name.replace(', ', '-')}", truth)
-        for name, path in tables.items()
+        for name, path in inputs.items()
     }
     per_seed = [
         score(cnn_tables(args.work, s, sites, labelled, st), args.work / f"profiles-cnn{s}", truth)

@@ -277,3 +277,63 @@ def test_corrections_are_a_comma_list_applied_in_order(feature_profiles, tmp_pat
         profiles.correction_steps("spherize,spherize-pca")
     argv = ["profiles", "--table", str(table), "--correction", "tvm", "--out", str(tmp_path / "x")]
     assert cli.main(argv) != 0 and not (tmp_path / "x").exists()
+
+
+def test_a_wide_table_is_read_as_pandas_reads_it(tmp_path):
+    """More features than are decoded at a time, a pandas index stored as a column: the frame is
+    pandas' own, the index aside; a feature that is not a float is refused by name."""
+    rng = np.random.default_rng(0)
+    n = tables.READ_COLUMNS * 2 + 5
+    wells = pd.DataFrame({c: ["x"] * 7 for c in tables.METADATA})
+    feats = pd.DataFrame(rng.normal(size=(7, n)).astype(np.float32)).add_prefix("f")
+    frame = pd.concat([wells, feats], axis=1).set_index(pd.Index(list("abcdefg"), name="w"))
+    frame.to_parquet(tmp_path / "wide.parquet")
+    read, _ = tables.read_table(tmp_path / "wide.parquet")
+    expected = pd.read_parquet(tmp_path / "wide.parquet").reset_index(drop=True)
+    pd.testing.assert_frame_equal(read, expected)
+    frame.assign(f3=np.arange(7)).to_parquet(tmp_path / "ints.parquet")
+    with pytest.raises(InputError, match="ints.parquet: profile features must be float"):
+        tables.read_table(tmp_path / "ints.parquet")
+
+
+def test_profiles_computed_in_pieces_equal_the_whole(feature_profiles, monkeypatch):
+    """The consensus a few siRNAs at a time, the activity a cell type at a time in small pair
+    batches: the numbers of pycytominer and copairs run on the whole table at once."""
+    import copairs.map
+    from pycytominer import consensus
+
+    _, out = feature_profiles
+    wells = pd.read_parquet(out / "wells.parquet")
+    feats = tables.feature_columns(wells)
+    whole, _ = profile_metrics.activity(wells)
+    calls = []
+    monkeypatch.setattr(profiles, "CONSENSUS_SIRNAS", 2)
+    monkeypatch.setattr(profile_metrics, "PAIR_BATCH_BYTES", 1)
+    ranks = copairs.map.average_precision
+    monkeypatch.setattr(
+        copairs.map,
+        "average_precision",
+        lambda meta, *a, **kw: calls.append((len(meta), kw["batch_size"])) or ranks(meta, *a, **kw),
+    )
+    pieces, _ = profile_metrics.activity(wells)
+    pd.testing.assert_frame_equal(pieces, whole)
+    assert len(calls) == wells["Metadata_CellType"].nunique() and {b for _, b in calls} == {64}
+    assert sum(n for n, _ in calls) == len(wells.query(profile_metrics.ACTIVITY_ROWS))
+    mine = profiles.consensus(wells)
+    keys = profiles.CONSENSUS_KEYS
+    labelled = wells[wells["Metadata_sirna"] != ""][keys + feats]
+    for level in (labelled, labelled.assign(Metadata_CellType="all")):
+        theirs = consensus(level, keys, features=feats)
+        got = mine[mine["Metadata_CellType"].isin(level["Metadata_CellType"].unique())]
+        assert len(got) == len(theirs) > 2 * profiles.CONSENSUS_SIRNAS
+        np.testing.assert_allclose(got[feats], theirs[feats].astype(np.float32))
+        assert got[keys].to_numpy().tolist() == theirs[keys].to_numpy().tolist()
+
+
+def test_copairs_batches_stay_within_their_budget_on_any_cores():
+    for threads in (1, 2, 64, 256):
+        for n_features in (63, 1024, 4096):
+            rows = profile_metrics.pair_batch_size(n_features, threads)
+            held = rows * threads * 6 * 8 * n_features
+            assert held <= profile_metrics.PAIR_BATCH_BYTES or rows == 64
+    assert profile_metrics.pair_batch_size(1024, 2) < 20000  # copairs' default: ~1 GB a thread

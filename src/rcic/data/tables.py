@@ -39,6 +39,7 @@ METADATA = (
 )
 PERT_TYPE = {"treatment": "trt", "positive_control": "poscon", "negative_control": "negcon"}
 PROVENANCE_KEY = b"rcic"
+READ_COLUMNS = 64  # feature columns decoded at a time when a table is read
 
 
 def sirna_name(sirna_id: int) -> str:
@@ -119,7 +120,9 @@ def write_row_groups(frames: Iterable[pd.DataFrame], path: str | Path, provenanc
 
 
 def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """A profile table and its provenance; a file that is not one is refused by name."""
+    """A profile table and its provenance; a file that is not one is refused by name. The
+    features are read a few columns at a time into one block, so the peak is about the frame
+    itself (Arrow's copy of the whole table beside pandas' columns and block was four times it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -127,21 +130,50 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
     if not path.exists():
         raise InputError(f"{path}: no such profile table")
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
+        meta, feats = _table_columns(path, parquet.schema_arrow)
+        frame = _read_frame(parquet, meta, feats)
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{path}: not a Parquet profile table ({e})") from None
-    frame = table.to_pandas()
-    missing = [c for c in METADATA if c not in frame]
+    raw = (parquet.schema_arrow.metadata or {}).get(PROVENANCE_KEY, b"{}")
+    return frame, json.loads(raw)
+
+
+def _table_columns(path: Path, schema) -> tuple[list[str], list[str]]:
+    """The ``Metadata_*`` and feature columns of a Parquet schema (a pandas index stored as a
+    column is neither), checked: rcic's metadata present, the features all floats."""
+    import pyarrow as pa
+
+    index = (schema.pandas_metadata or {}).get("index_columns", [])
+    names = [c for c in schema.names if c not in index]
+    missing = [c for c in METADATA if c not in names]
     if missing:
         raise InputError(
             f"{path}: not an rcic profile table (missing {missing}); write one with "
             "`rcic embed --out X.parquet` or `rcic features`"
         )
-    feats = feature_columns(frame)
-    if not feats or not all(np.issubdtype(frame[c].dtype, np.floating) for c in feats):
+    meta = [c for c in names if c.startswith("Metadata_")]
+    feats = [c for c in names if not c.startswith("Metadata_")]
+    if not feats or not all(pa.types.is_floating(schema.field(c).type) for c in feats):
         raise InputError(f"{path}: profile features must be float columns after the Metadata_ ones")
-    raw = (table.schema.metadata or {}).get(PROVENANCE_KEY, b"{}")
-    return frame, json.loads(raw)
+    return meta, feats
+
+
+def _read_frame(parquet, meta: list[str], feats: list[str]) -> pd.DataFrame:
+    """The rows of `parquet`, features as one float32 block (float64 if any column is wider),
+    filled READ_COLUMNS features at a time: Arrow decodes a whole row group at once, and a table
+    is often one row group, so reading by rows would hold all of it twice."""
+    import pyarrow as pa
+
+    wide = any(parquet.schema_arrow.field(c).type == pa.float64() for c in feats)
+    values = np.empty((parquet.metadata.num_rows, len(feats)), np.float64 if wide else np.float32)
+    for start in range(0, len(feats), READ_COLUMNS):
+        chunk = parquet.read(columns=feats[start : start + READ_COLUMNS])
+        for j, column in enumerate(chunk.columns):
+            values[:, start + j] = column.to_numpy(zero_copy_only=False)
+        del chunk
+    head = parquet.read(columns=meta).to_pandas()
+    return pd.concat([head, pd.DataFrame(values, columns=feats, copy=False)], axis=1)
 
 
 def metadata_columns(frame: pd.DataFrame) -> list[str]:

@@ -24,6 +24,10 @@ from rcic.profiling.corrections import unit_rows
 NULL_SIZE = 10000  # permutations of copairs' null for the mAP p-values
 THRESHOLD = 0.05  # on the corrected p-values: "retrieved"
 RECALL_PERCENTILES = (5.0, 95.0)
+# copairs computes pair similarities in batches, one per thread and as many threads as cores,
+# each batch holding about six float64 arrays of pairs x features: its rows are chosen so that
+# all batches together stay near this many bytes, whatever the cores and the features
+PAIR_BATCH_BYTES = 256 * 2**20
 # which rows the activity and consistency mAPs rank (pandas queries, recorded in metrics.json)
 ACTIVITY_ROWS = "Metadata_pert_type in ['trt', 'negcon'] and Metadata_sirna != ''"
 REFERENCE = "Metadata_pert_type == 'negcon'"
@@ -98,19 +102,42 @@ def _quiet_map(ap: pd.DataFrame, sameby: list[str], seed: int) -> pd.DataFrame:
     )
 
 
-def _average_precision(frame: pd.DataFrame, feats, params: dict, unpaired: str) -> pd.DataFrame:
-    """copairs' average precision per profile; a table without a single positive pair is refused
-    by name (copairs raises from deep inside)."""
-    from copairs.map import average_precision
-    from copairs.matching import UnpairedException
+def pair_batch_size(n_features: int, threads: int | None = None) -> int:
+    """copairs' ``batch_size`` (pairs per batch) that keeps its threads' batches within
+    PAIR_BATCH_BYTES: its default of 20,000 pairs is about 1 GB per thread at 1,024 features."""
+    import os
 
-    meta = frame[metadata_columns(frame)]
+    threads = threads or os.cpu_count() or 1
+    return max(64, PAIR_BATCH_BYTES // (threads * 6 * 8 * max(1, n_features)))
+
+
+def _average_precision(frame: pd.DataFrame, feats, params: dict) -> pd.DataFrame:
+    """copairs' average precision per profile of `frame` (copairs raises UnpairedException where
+    no profile has a positive pair)."""
+    from copairs.map import average_precision
+
+    return average_precision(
+        frame[metadata_columns(frame)],
+        frame[feats].to_numpy(np.float64),
+        **params,
+        batch_size=pair_batch_size(len(feats)),
+        progress_bar=False,
+    )
+
+
+def _activity_ranks(rows: pd.DataFrame, feats, params: dict) -> pd.DataFrame | None:
+    """The treatment wells' average precisions among `rows` (None where none has a replicate)."""
+    from copairs.matching import UnpairedException, assign_reference_index
+
+    frame = assign_reference_index(
+        rows.query(ACTIVITY_ROWS).reset_index(drop=True),
+        REFERENCE,
+        reference_col="Metadata_reference_index",
+    )
     try:
-        return average_precision(
-            meta, frame[feats].to_numpy(np.float64), **params, progress_bar=False
-        )
+        return _average_precision(frame, feats, params).query(TREATMENTS)
     except UnpairedException:
-        raise InputError(f"{unpaired} among the wells evaluated ({len(frame)})") from None
+        return None
 
 
 def activity(
@@ -120,15 +147,11 @@ def activity(
     against the cell type's negative controls (copairs average precision, cosine); the mAP per
     siRNA x cell type with its permutation p-value and the BH-corrected one. Returns that table and
     the copairs parameters used. Without `per_cell_type`: per siRNA, its wells of every cell type
-    against all negative controls (for wells with one experiment per cell type)."""
-    from copairs.matching import assign_reference_index
+    against all negative controls (for wells with one experiment per cell type).
 
+    Per cell type no pair crosses cell types, so copairs ranks one cell type's wells at a time
+    (the same average precisions, a fraction of the memory), then one mAP over them all."""
     feats = feature_columns(wells)
-    frame = assign_reference_index(
-        wells.query(ACTIVITY_ROWS).reset_index(drop=True),
-        REFERENCE,
-        reference_col="Metadata_reference_index",
-    )
     group = ["Metadata_sirna", "Metadata_CellType"] if per_cell_type else ["Metadata_sirna"]
     params = {
         "pos_sameby": [*group, "Metadata_reference_index"],
@@ -136,9 +159,12 @@ def activity(
         "neg_sameby": group[1:],
         "neg_diffby": ["Metadata_sirna", "Metadata_reference_index"],
     }
-    ap = _average_precision(frame, feats, params, "no siRNA has two wells of one cell type")
-    ap = ap.query(TREATMENTS)
-    table = _quiet_map(ap, group, seed)
+    by = wells.groupby("Metadata_CellType", sort=False) if per_cell_type else [(None, wells)]
+    ranked = [ap for _, rows in by if (ap := _activity_ranks(rows, feats, params)) is not None]
+    if not ranked:
+        where = " of one cell type" if per_cell_type else ""
+        raise InputError(f"no siRNA has two wells{where} among the wells evaluated ({len(wells)})")
+    table = _quiet_map(pd.concat(ranked, ignore_index=True), group, seed)
     params.update(
         map_sameby=group, null_size=NULL_SIZE, threshold=THRESHOLD, seed=seed, distance="cosine"
     )
@@ -159,6 +185,8 @@ def consistency(consensus: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, d
     """Phenotypic consistency: each siRNA's consensus profile ranks the other siRNAs of its
     pathway (``Metadata_pathway``) against those of other pathways, within a cell type; the mAP
     per pathway x cell type."""
+    from copairs.matching import UnpairedException
+
     feats = feature_columns(consensus)
     frame = consensus.query(CONSISTENCY_ROWS).reset_index(drop=True)
     params = {
@@ -167,7 +195,12 @@ def consistency(consensus: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, d
         "neg_sameby": ["Metadata_CellType"],
         "neg_diffby": ["Metadata_pathway"],
     }
-    ap = _average_precision(frame, feats, params, "no pathway has two siRNAs of one cell type")
+    try:
+        ap = _average_precision(frame, feats, params)
+    except UnpairedException:
+        raise InputError(
+            f"no pathway has two siRNAs of one cell type among the profiles ({len(frame)})"
+        ) from None
     table = _quiet_map(ap, ["Metadata_pathway", "Metadata_CellType"], seed)
     params.update(
         map_sameby=["Metadata_pathway", "Metadata_CellType"],

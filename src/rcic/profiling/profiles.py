@@ -106,18 +106,28 @@ def _correct_step(frame: pd.DataFrame, step: str, epsilon: float) -> pd.DataFram
         return _tvn(frame)
     if step == "harmony":
         return harmony(_correct_step(frame, "standardize", epsilon))
+    whitens = step in WHITENING
+    out = _standardized(frame, np.float64 if whitens else np.float32)
+    if whitens:
+        return _whiten(out, metadata_columns(frame), feature_columns(frame), step, epsilon)
+    return out[frame.columns]
+
+
+def _standardized(frame: pd.DataFrame, dtype) -> pd.DataFrame:
+    """pycytominer's ``normalize`` of each experiment on its negative controls, written into one
+    block of `dtype` an experiment at a time (pycytominer works in float64: the whole table
+    through it at once held several float64 copies)."""
     normalize = _pycytominer().normalize
     feats, meta = feature_columns(frame), metadata_columns(frame)
-    parts = []
-    for _, part in frame.groupby("Metadata_Batch", sort=False):
+    values = np.empty((len(frame), len(feats)), dtype)
+    for batch, rows in frame.groupby("Metadata_Batch", sort=False).indices.items():
+        part = frame.iloc[rows]
         if not (part["Metadata_pert_type"] == "negcon").any():
-            raise InputError(f"experiment {part['Metadata_Batch'].iat[0]}: no negative controls")
-        parts.append(_quiet(normalize, part, features=feats, meta_features=meta, samples=NEGCON))
-    out = pd.concat(parts).loc[frame.index]
-    if step in WHITENING:
-        return _whiten(out[meta + feats], meta, feats, step, epsilon)
-    out[feats] = out[feats].astype(np.float32)
-    return out[frame.columns]
+            raise InputError(f"experiment {batch}: no negative controls")
+        done = _quiet(normalize, part, features=feats, meta_features=meta, samples=NEGCON)
+        values[rows] = done.loc[part.index, feats].to_numpy(dtype)
+    block = pd.DataFrame(values, columns=feats, index=frame.index, copy=False)
+    return pd.concat([frame[meta], block], axis=1)
 
 
 def principal_components(frame: pd.DataFrame, n: int = HARMONY_PCS) -> np.ndarray:
@@ -204,30 +214,45 @@ def _whiten(frame: pd.DataFrame, meta, feats, method: str, epsilon: float) -> pd
     return pd.concat([frame[meta], whitened], axis=1)
 
 
+CONSENSUS_KEYS = ["Metadata_sirna", "Metadata_sirna_id", "Metadata_pert_type", "Metadata_CellType"]
+CONSENSUS_SIRNAS = 64  # siRNAs whose wells are aggregated at a time
+
+
 def consensus(frame: pd.DataFrame, pathways: dict[int, int] | None = None) -> pd.DataFrame:
     """One median profile per siRNA x cell type and per siRNA over all cell types
     (``Metadata_CellType`` = ``all``), labelled wells only, with ``Metadata_n_wells`` (pycytominer
-    ``consensus``) and, given `pathways` (class id -> pathway), ``Metadata_pathway``."""
-    pyc_consensus = _pycytominer().consensus
+    ``consensus``) and, given `pathways` (class id -> pathway), ``Metadata_pathway``. A median
+    is a siRNA's own, so the wells go through pycytominer CONSENSUS_SIRNAS siRNAs at a time (in
+    the order it sorts them): only those wells are copied, never the whole table."""
     feats = feature_columns(frame)
-    keys = ["Metadata_sirna", "Metadata_sirna_id", "Metadata_pert_type", "Metadata_CellType"]
-    labelled = frame[frame["Metadata_sirna"] != ""]
-    pooled = labelled.assign(Metadata_CellType="all")
-    parts = []
-    for part in (labelled, pooled):
-        med = _quiet(pyc_consensus, part[keys + feats], replicate_columns=keys, features=feats)
-        n = part.groupby(keys).size().rename("Metadata_n_wells").reset_index()
-        parts.append(n.merge(med, on=keys))
-    out = pd.concat(parts, ignore_index=True).copy()
+    names = frame["Metadata_sirna"]
+    levels = ([], [])  # per cell type, then over all cell types
+    for chunk in np.array_split(np.sort(names[names != ""].unique()), _n_chunks(names)):
+        part = frame.loc[names.isin(chunk), CONSENSUS_KEYS + feats]
+        for level, rows in zip(levels, (part, part.assign(Metadata_CellType="all")), strict=True):
+            level.append(_medians(rows, feats))
+    out = pd.concat([*levels[0], *levels[1]], ignore_index=True)
     if pathways is not None:
         out.insert(
-            len(keys) + 1,
+            len(CONSENSUS_KEYS) + 1,
             "Metadata_pathway",
             [str(pathways.get(int(s), "")) for s in out["Metadata_sirna_id"]],
         )
         out.loc[out["Metadata_pathway"] == "-1", "Metadata_pathway"] = ""
     out[feats] = out[feats].astype(np.float32)
     return out
+
+
+def _n_chunks(names: pd.Series) -> int:
+    return max(1, -(-names[names != ""].nunique() // CONSENSUS_SIRNAS))
+
+
+def _medians(rows: pd.DataFrame, feats: list[str]) -> pd.DataFrame:
+    """pycytominer's median per CONSENSUS_KEYS group of `rows`, with the wells it took."""
+    keys = CONSENSUS_KEYS
+    med = _quiet(_pycytominer().consensus, rows, replicate_columns=keys, features=feats)
+    n = rows.groupby(keys).size().rename("Metadata_n_wells").reset_index()
+    return n.merge(med, on=keys)
 
 
 # --- the `rcic profiles` step ----------------------------------------------------------------
@@ -361,6 +386,7 @@ def run_profiles(
     if whitens and epsilon == "auto":
         epsilon, chosen = choose_epsilon(frame, correction=steps)
     wells = correct_profiles(frame, steps, float(epsilon if epsilon != "auto" else 1e-2))
+    del frame  # the uncorrected table: not needed again, and as large as the corrected one
     setup = {
         "correction": ",".join(steps),
         "epsilon": epsilon if whitens else None,
