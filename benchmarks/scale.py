@@ -179,9 +179,14 @@ def _parts_equal(run: Path) -> dict:
 
 
 def _median_run(runs: list[list[dict]]) -> list[dict]:
-    """Per step, the row of the run with the median time (peak memory: the largest seen)."""
+    """Per step, the row of the run with the median time (peak memory: the largest seen); a row
+    without a time (the parts' equality, the site table's size) from the first run, the parts
+    equal only if they were in every run."""
     out = []
     for rows in zip(*runs, strict=True):
+        if "seconds" not in rows[0]:
+            out.append({**rows[0], "equal": all(r.get("equal", True) for r in rows)})
+            continue
         ranked = sorted(rows, key=lambda r: r["seconds"])
         row = dict(ranked[len(ranked) // 2])
         if "peak MB" in row:
