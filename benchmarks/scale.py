@@ -185,7 +185,10 @@ def _median_run(runs: list[list[dict]]) -> list[dict]:
     out = []
     for rows in zip(*runs, strict=True):
         if "seconds" not in rows[0]:
-            out.append({**rows[0], "equal": all(r.get("equal", True) for r in rows)})
+            row = dict(rows[0])
+            if "equal" in row:
+                row["equal"] = all(r["equal"] for r in rows)
+            out.append(row)
             continue
         ranked = sorted(rows, key=lambda r: r["seconds"])
         row = dict(ranked[len(ranked) // 2])

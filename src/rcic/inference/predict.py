@@ -235,7 +235,8 @@ def predict_split(
     device = ctx.device if ctx else resolve_device(options.device)
     model, cfg = load_checkpoint(run, options.checkpoint, device)
     held_out = RunFolder(run).held_out()
-    chosen = _part_of(split_sites(sites, split, cfg, treatments_only, held_out=held_out), options)
+    chosen = split_sites(sites, split, cfg, treatments_only, held_out=held_out)
+    chosen = part_sites(chosen, options.part, "split")
     st = SiteStore(store)
     RunFolder(run).check_store_kind(st.kind, st.path)
     o = options
@@ -264,11 +265,6 @@ def _joined_wells(shares: list[dict | None]) -> dict[str, np.ndarray]:
     joined = {k: np.concatenate([s[k] for s in shares]) for k in shares[0]}
     order = np.argsort(joined["id_code"], kind="stable")
     return {k: v[order] for k, v in joined.items()}
-
-
-def _part_of(chosen: pd.DataFrame, options: InferenceOptions) -> pd.DataFrame:
-    """The sites of the plates dealt to `options.part` (all of them without one)."""
-    return part_sites(chosen, options.part, "split")
 
 
 def predict_run(

@@ -226,8 +226,9 @@ def consensus(frame: pd.DataFrame, pathways: dict[int, int] | None = None) -> pd
     the order it sorts them): only those wells are copied, never the whole table."""
     feats = feature_columns(frame)
     names = frame["Metadata_sirna"]
+    labelled = np.sort(names[names != ""].unique())
     levels = ([], [])  # per cell type, then over all cell types
-    for chunk in np.array_split(np.sort(names[names != ""].unique()), _n_chunks(names)):
+    for chunk in np.array_split(labelled, max(1, -(-len(labelled) // CONSENSUS_SIRNAS))):
         part = frame.loc[names.isin(chunk), CONSENSUS_KEYS + feats]
         for level, rows in zip(levels, (part, part.assign(Metadata_CellType="all")), strict=True):
             level.append(_medians(rows, feats))
@@ -241,10 +242,6 @@ def consensus(frame: pd.DataFrame, pathways: dict[int, int] | None = None) -> pd
         out.loc[out["Metadata_pathway"] == "-1", "Metadata_pathway"] = ""
     out[feats] = out[feats].astype(np.float32)
     return out
-
-
-def _n_chunks(names: pd.Series) -> int:
-    return max(1, -(-names[names != ""].nunique() // CONSENSUS_SIRNAS))
 
 
 def _medians(rows: pd.DataFrame, feats: list[str]) -> pd.DataFrame:
